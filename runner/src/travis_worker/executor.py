@@ -1,0 +1,231 @@
+"""Executors run a build script in a sandbox and stream its output live.
+
+* ``local``: a fresh temporary directory on this host (:mod:`travis_worker.executor_local`).
+* ``virtualbox`` / ``lxc``: a Vagrant machine over SSH (:mod:`travis_worker.executor_vagrant`).
+
+Both run the script under a pseudo-terminal in its own session (process group) and share
+:func:`stream_process`, which enforces :class:`Limits` and cancellation.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional, Protocol
+
+from .script import EXIT_ERRORED, EXIT_FAILED, EXIT_PASSED
+
+log = logging.getLogger(__name__)
+
+PROVIDERS = ("local", "virtualbox", "lxc")
+_READ_SIZE = 64 * 1024
+_POLL_SECONDS = 0.1
+_TERM_GRACE_SECONDS = 0.5
+_DRAIN_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class Limits:
+    hard_limit: float  # seconds for the whole build
+    log_silence: float  # seconds without any output
+    log_length: int  # bytes of log
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    state: str  # passed|failed|errored|cancelled
+    reason: Optional[str]
+    exit_code: Optional[int]
+
+
+class SandboxError(RuntimeError):
+    """prepare() could not reset the sandbox: the job goes back to the queue, the worker is errored."""
+
+
+class Executor(Protocol):
+    def prepare(self) -> None: ...
+
+    def run(
+        self,
+        script: str,
+        on_output: Callable[[bytes], None],
+        cancel: threading.Event,
+        limits: Limits,
+    ) -> BuildResult: ...
+
+
+def result_for_exit(code: int) -> BuildResult:
+    """Map the build script's exit status to a result (see :mod:`travis_worker.script`)."""
+    if code == EXIT_PASSED:
+        return BuildResult("passed", None, code)
+    if code == EXIT_FAILED:
+        return BuildResult("failed", None, code)
+    if code == EXIT_ERRORED:
+        return BuildResult("errored", None, code)
+    if code < 0:
+        return BuildResult("errored", f"the build script was killed by signal {-code}", code)
+    return BuildResult("errored", f"the build script exited with unexpected status {code}", code)
+
+
+def kill_group(proc: subprocess.Popen, grace: float = _TERM_GRACE_SECONDS) -> None:
+    """SIGTERM the process group of ``proc`` (a session leader), then SIGKILL what is left."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        except PermissionError:  # pragma: no cover - only if the group changed owner
+            log.warning("cannot signal process group %s", proc.pid)
+            return
+        if sig == signal.SIGTERM:
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                continue
+            # the leader is gone; members may linger: SIGKILL them too
+            continue
+
+
+def spawn_in_pty(argv: list[str], *, cwd: Optional[str], env: dict[str, str]) -> tuple[subprocess.Popen, int]:
+    """Start ``argv`` in a new session, a pseudo-terminal as its stdio; return (proc, PTY master)."""
+    master, slave = os.openpty()
+    try:
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            start_new_session=True,
+            close_fds=True,
+        )
+    except BaseException:
+        os.close(master)
+        raise
+    finally:
+        os.close(slave)
+    return proc, master
+
+
+def _read(master: int) -> Optional[bytes]:
+    """Read what is available; b"" when nothing yet, None at end of output."""
+    try:
+        data = os.read(master, _READ_SIZE)
+    except OSError as exc:
+        if exc.errno == errno.EIO:  # Linux: every slave descriptor closed
+            return None
+        if exc.errno in (errno.EAGAIN, errno.EINTR):
+            return b""
+        raise
+    return data if data else None
+
+
+def stream_process(
+    proc: subprocess.Popen,
+    master: int,
+    on_output: Callable[[bytes], None],
+    cancel: threading.Event,
+    limits: Limits,
+    stop: Optional[Callable[[], None]] = None,
+) -> BuildResult:
+    """Pump the PTY of ``proc`` to ``on_output`` until it ends, a limit is hit or ``cancel`` is set.
+
+    ``stop`` is called (after the local process group is killed) to stop work elsewhere, e.g. the
+    remote process group behind an SSH client. ``master`` is closed on return.
+    """
+    started = last_output = time.monotonic()
+    written = 0
+    exited_at: Optional[float] = None
+    stopped: Optional[BuildResult] = None
+    try:
+        while True:
+            now = time.monotonic()
+            if cancel.is_set():
+                stopped = BuildResult("cancelled", "cancelled on request", None)
+                message = "Done: Job Cancelled"
+            elif now - started >= limits.hard_limit:
+                stopped = BuildResult("errored", f"hard time limit of {limits.hard_limit:g} s exceeded", None)
+                message = (
+                    f"The job exceeded the maximum time limit for jobs ({limits.hard_limit:g} s), "
+                    "and has been terminated."
+                )
+            elif now - last_output >= limits.log_silence:
+                stopped = BuildResult(
+                    "errored", f"no output for {limits.log_silence:g} s (log-silence limit)", None
+                )
+                message = (
+                    f"No output has been received in the last {limits.log_silence:g} seconds, this "
+                    "potentially indicates a stalled build or something wrong with the build itself."
+                )
+            if stopped is not None:
+                break
+            if exited_at is None and proc.poll() is not None:
+                exited_at = now
+            if exited_at is not None and now - exited_at >= _DRAIN_SECONDS:
+                break  # the script is done; background children still hold the PTY open
+            timeout = _POLL_SECONDS if exited_at is None else max(0.0, _DRAIN_SECONDS - (now - exited_at))
+            ready, _, _ = select.select([master], [], [], min(timeout, _POLL_SECONDS))
+            if not ready:
+                continue
+            data = _read(master)
+            if data is None:
+                break
+            if not data:
+                continue
+            last_output = time.monotonic()
+            room = limits.log_length - written
+            if len(data) > room:
+                if room > 0:
+                    on_output(data[:room])
+                written = limits.log_length
+                stopped = BuildResult(
+                    "errored", f"log length limit of {limits.log_length} bytes exceeded", None
+                )
+                message = (
+                    f"The job exceeded the maximum log length ({limits.log_length} bytes), "
+                    "and has been terminated."
+                )
+                break
+            written += len(data)
+            on_output(data)
+    finally:
+        kill_group(proc)
+        if stopped is not None and stop is not None:
+            try:
+                stop()
+            except Exception:  # the local side is stopped; report, never mask the result
+                log.exception("stopping the remote build failed")
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL was sent
+            log.error("build process %s did not exit after SIGKILL", proc.pid)
+        os.close(master)
+    if stopped is not None:
+        on_output(f"\r\n\r\n{message}\r\n".encode())
+        return stopped
+    return result_for_exit(proc.returncode)
+
+
+def make_executor(provider: str, *, project_dir: Optional[str], vm_name: Optional[str]) -> Executor:
+    """An executor for ``vms.provider``: ``local``, ``virtualbox`` or ``lxc``."""
+    if provider == "local":
+        from .executor_local import LocalExecutor
+
+        return LocalExecutor()
+    if provider in ("virtualbox", "lxc"):
+        if not project_dir or not vm_name:
+            raise ValueError(
+                f"vms.provider {provider!r} needs vms.project_dir (the Vagrantfile's directory) and a VM name"
+            )
+        from .executor_vagrant import VagrantExecutor
+
+        return VagrantExecutor(provider, project_dir=project_dir, vm_name=vm_name)
+    raise ValueError(f"vms.provider: {provider!r} is not one of {', '.join(PROVIDERS)}")
