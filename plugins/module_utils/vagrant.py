@@ -4,7 +4,8 @@
 
 Stable API (other modules import these names; extend, do not break):
 
-``VagrantRunner(execute, binary, project_dir=None, vagrant_home=None, timeout=None, timeout_binary=None)``
+``VagrantRunner(execute, binary, project_dir=None, vagrant_home=None, timeout=None, timeout_binary=None,
+dry_run=False)``
     Runs ``vagrant`` with argv lists only and the environment ``LANG=C``, ``LC_ALL=C``,
     ``VAGRANT_NO_COLOR=1``, ``VAGRANT_CHECKPOINT_DISABLE=1``, ``VAGRANT_CWD=project_dir`` and
     ``VAGRANT_HOME`` (if given).
@@ -17,7 +18,9 @@ Stable API (other modules import these names; extend, do not break):
       ``status(names=None, provider=None) -> list[Machine]``   (``vagrant status --machine-readable``)
       ``box_list() -> list[Box]``                              (``vagrant box list --machine-readable``)
       ``ssh_config(names) -> dict[str, dict[str, str]]``       (``vagrant ssh-config NAMES``, keys lower-case)
-      ``up/halt/destroy/provision/reload(names, ...)``, ``box_add(...)``, ``box_remove(...)``
+      ``up/halt/destroy/provision/reload(names, ...)``, ``box_add(...)``, ``box_remove(...)``: these change
+      things; with ``dry_run=True`` (check mode) they run nothing and return a ``VagrantResult`` with rc 0
+      and the exact argv (``.cmd``) a real run would use. Reading methods always run.
 ``runner_from_module(module, project_dir=None, vagrant_home=None, timeout=None) -> VagrantRunner``
     Finds ``vagrant`` (and ``timeout``) with ``module.get_bin_path``; ``fail_json`` with a remedy if missing.
 ``fail_from_error(module, error, **extra)``
@@ -326,7 +329,9 @@ class VagrantRunner:
         vagrant_home=None,
         timeout=None,
         timeout_binary=None,
+        dry_run: bool = False,
     ):
+        self.dry_run = dry_run
         self.execute = execute
         self.binary = binary
         self.project_dir = project_dir
@@ -380,6 +385,12 @@ class VagrantRunner:
         return parse_ssh_config(result.stdout)
 
     # --- acting ---------------------------------------------------------------------------------------------
+    def _act(self, args: list, machine=None, box=None) -> VagrantResult:
+        """Run a command that changes something; with ``dry_run`` only return the argv it would run."""
+        if self.dry_run:
+            return VagrantResult(0, "", "", self.argv(args), [])
+        return self.run(args, machine=machine, box=box)
+
     @staticmethod
     def _flag(value, name: str) -> list:
         if value is None:
@@ -394,20 +405,22 @@ class VagrantRunner:
         if provider:
             args.append(f"--provider={provider}")
         args += self._flag(provision, "provision") + self._flag(parallel, "parallel")
-        return self.run(args, machine=self._machine(names))
+        return self._act(args, machine=self._machine(names))
 
     def halt(self, names, force: bool = False) -> VagrantResult:
-        return self.run(["halt", *names, *(["--force"] if force else [])], machine=self._machine(names))
+        return self._act(["halt", *names, *(["--force"] if force else [])], machine=self._machine(names))
 
     def destroy(self, names, parallel=None) -> VagrantResult:
         args = ["destroy", "--force", *names] + (["--parallel"] if parallel else [])
-        return self.run(args, machine=self._machine(names))
+        return self._act(args, machine=self._machine(names))
 
     def provision(self, names) -> VagrantResult:
-        return self.run(["provision", *names], machine=self._machine(names))
+        return self._act(["provision", *names], machine=self._machine(names))
 
     def reload(self, names, provision=None) -> VagrantResult:
-        return self.run(["reload", *names, *self._flag(provision, "provision")], machine=self._machine(names))
+        return self._act(
+            ["reload", *names, *self._flag(provision, "provision")], machine=self._machine(names)
+        )
 
     def box_add(
         self,
@@ -431,7 +444,7 @@ class VagrantRunner:
         if force:
             args.append("--force")
         args.append(src)
-        return self.run(args, box=name or src)
+        return self._act(args, box=name or src)
 
     def box_remove(
         self, name: str, provider=None, version=None, all_versions: bool = False, force: bool = False
@@ -445,7 +458,7 @@ class VagrantRunner:
             args.append("--all")
         if force:
             args.append("--force")
-        return self.run(args, box=name)
+        return self._act(args, box=name)
 
 
 def runner_from_module(module, project_dir=None, vagrant_home=None, timeout=None) -> VagrantRunner:
