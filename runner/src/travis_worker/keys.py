@@ -1,0 +1,60 @@
+"""Redis key names (resque-compatible where resque has a key, `<ns>:travis:*` for ours)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    ns: str = "resque"
+
+    def queue(self, name: str) -> str:
+        return f"{self.ns}:queue:{name}"
+
+    @property
+    def queues(self) -> str:
+        return f"{self.ns}:queues"
+
+    @property
+    def workers(self) -> str:
+        return f"{self.ns}:workers"
+
+    def worker(self, worker_id: str) -> str:
+        return f"{self.ns}:worker:{worker_id}"
+
+    def worker_started(self, worker_id: str) -> str:
+        return f"{self.ns}:worker:{worker_id}:started"
+
+    @property
+    def heartbeat(self) -> str:
+        return f"{self.ns}:workers:heartbeat"
+
+    @property
+    def failed(self) -> str:
+        return f"{self.ns}:failed"
+
+    def stat(self, name: str, worker_id: str | None = None) -> str:
+        return f"{self.ns}:stat:{name}" + (f":{worker_id}" if worker_id else "")
+
+    def processing(self, worker_id: str) -> str:
+        return f"{self.ns}:processing:{worker_id}"
+
+    def outbox(self, worker_id: str) -> str:
+        return f"{self.ns}:travis:outbox:{worker_id}"
+
+    @property
+    def reporting(self) -> str:
+        return f"{self.ns}:reporting:jobs"
+
+    @property
+    def commands(self) -> str:
+        return f"{self.ns}:worker.commands"
+
+    @property
+    def worker_state(self) -> str:
+        return f"{self.ns}:travis:worker_state"
+
+    @property
+    def vm_state(self) -> str:
+        return f"{self.ns}:travis:vm_state"

@@ -1,0 +1,381 @@
+"""The resque-compatible queue: take with BLMOVE, finish/fail/requeue atomically, reap dead workers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import time
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import redis
+
+from travis_worker.keys import Keys
+
+log = logging.getLogger(__name__)
+REAP_RETRIES = 20
+
+
+def now_iso(ts: float | None = None) -> str:
+    """Heartbeat timestamps: ISO 8601 in UTC with microseconds (Ruby's Time.parse reads them)."""
+    return datetime.fromtimestamp(time.time() if ts is None else ts, timezone.utc).isoformat()
+
+
+def parse_iso(value: str | bytes | None) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode()
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        try:
+            return float(value)
+        except ValueError:
+            return None
+
+
+def resque_time(ts: float | None = None) -> str:
+    """resque's failed_at format."""
+    return time.strftime("%Y/%m/%d %H:%M:%S UTC", time.gmtime(time.time() if ts is None else ts))
+
+
+def make_worker_id(queue: str, host: str | None = None, pid: int | None = None) -> str:
+    import os
+
+    return f"{host or socket.gethostname()}:{pid or os.getpid()}:{queue}"
+
+
+def queue_of(worker_id: str) -> str:
+    """`host:pid:queue` -> queue (resque allows a comma-separated list; we take the first)."""
+    return worker_id.split(":", 2)[-1].split(",")[0]
+
+
+def decode_envelope(raw: str) -> dict[str, Any] | None:
+    try:
+        data = json.loads(raw)
+    except (ValueError, TypeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def attempts_of(raw: str) -> int:
+    data = decode_envelope(raw)
+    value = data.get("attempts", 0) if data else 0
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def with_attempts(raw: str, attempts: int) -> str | None:
+    """The envelope with its `attempts` field set (resque ignores unknown envelope keys); None if not JSON."""
+    data = decode_envelope(raw)
+    if data is None:
+        return None
+    data["attempts"] = attempts
+    return json.dumps(data, separators=(",", ":"))
+
+
+def strip_attempts(raw: str) -> str:
+    """The envelope as the producer pushed it (what the payload parser sees)."""
+    data = decode_envelope(raw)
+    if data is None or "attempts" not in data:
+        return raw
+    data.pop("attempts")
+    return json.dumps(data)
+
+
+def failure_record(
+    raw: str, *, exception: str, error: str, worker_id: str, queue: str, backtrace: Sequence[str] = ()
+) -> str:
+    payload: Any = decode_envelope(raw)
+    return json.dumps(
+        {
+            "failed_at": resque_time(),
+            "payload": payload if payload is not None else raw,
+            "exception": exception,
+            "error": error,
+            "backtrace": list(backtrace),
+            "worker": worker_id,
+            "queue": queue,
+        }
+    )
+
+
+class Queue:
+    """All queue state transitions of one worker. Every multi-key change is one MULTI/EXEC."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, queue: str, worker_id: str, max_attempts: int = 3):
+        self.r = client
+        self.keys = keys
+        self.queue = queue
+        self.worker_id = worker_id
+        self.max_attempts = max_attempts
+
+    # -- producer side -------------------------------------------------------------------------------
+    def push(self, raw: str, queue: str | None = None) -> None:
+        queue = queue or self.queue
+        pipe = self.r.pipeline(transaction=True)
+        pipe.sadd(self.keys.queues, queue)
+        pipe.rpush(self.keys.queue(queue), raw)
+        pipe.execute()
+
+    # -- registration --------------------------------------------------------------------------------
+    def register(self) -> None:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.sadd(self.keys.workers, self.worker_id)
+        pipe.sadd(self.keys.queues, self.queue)
+        pipe.hset(self.keys.heartbeat, self.worker_id, now_iso())
+        pipe.set(self.keys.worker_started(self.worker_id), time.strftime("%Y-%m-%d %H:%M:%S %z"))
+        pipe.execute()
+
+    def unregister(self, vm: str | None = None) -> bool:
+        """Remove every trace of this worker unless it still holds jobs or undelivered reports.
+
+        Returns False (and marks the heartbeat expired so the next reaper takes over) if something is left.
+        """
+        if self.r.llen(self.keys.processing(self.worker_id)) or self.r.llen(self.keys.outbox(self.worker_id)):
+            self.r.hset(self.keys.heartbeat, self.worker_id, now_iso(0))
+            return False
+        pipe = self.r.pipeline(transaction=True)
+        self._forget(pipe, self.worker_id, vm)
+        pipe.execute()
+        return True
+
+    def _forget(self, pipe: Any, worker_id: str, vm: str | None) -> None:
+        pipe.srem(self.keys.workers, worker_id)
+        pipe.hdel(self.keys.heartbeat, worker_id)
+        pipe.hdel(self.keys.worker_state, worker_id)
+        pipe.delete(
+            self.keys.worker(worker_id),
+            self.keys.worker_started(worker_id),
+            self.keys.processing(worker_id),
+            self.keys.outbox(worker_id),
+            self.keys.stat("processed", worker_id),
+            self.keys.stat("failed", worker_id),
+        )
+        if vm:
+            pipe.hdel(self.keys.vm_state, vm)
+
+    def beat(self) -> None:
+        self.r.hset(self.keys.heartbeat, self.worker_id, now_iso())
+
+    def is_registered(self) -> bool:
+        return self.r.hexists(self.keys.heartbeat, self.worker_id)
+
+    # -- taking jobs ---------------------------------------------------------------------------------
+    def take(self, timeout: float) -> str | None:
+        """The next job: first anything already in our processing list (e.g. a BLMOVE whose reply was lost
+        when the connection broke), else a blocking atomic move from the queue head."""
+        processing = self.keys.processing(self.worker_id)
+        held = self.r.lindex(processing, 0)
+        if held is not None:
+            return held
+        return self.r.blmove(self.keys.queue(self.queue), processing, timeout, "LEFT", "RIGHT")
+
+    def give_back(self, raw: str, *, count_attempt: bool, reason: str) -> str:
+        """Put a taken job back at the head of the queue (or into failed once max_attempts is reached).
+
+        Returns "requeued" or "failed"."""
+        attempts = attempts_of(raw) + (1 if count_attempt else 0)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.lrem(self.keys.processing(self.worker_id), 1, raw)
+        outcome = self._requeue_or_fail(pipe, raw, attempts, reason, self.worker_id, self.queue)
+        pipe.delete(self.keys.worker(self.worker_id))
+        pipe.execute()
+        return outcome
+
+    def _requeue_or_fail(
+        self, pipe: Any, raw: str, attempts: int, reason: str, worker_id: str, queue: str
+    ) -> str:
+        bumped = with_attempts(raw, attempts)
+        if bumped is None or attempts >= self.max_attempts:
+            error = reason if bumped is not None else f"{reason}; payload is not a JSON object"
+            if bumped is not None:
+                error = f"{reason}; gave up after {attempts} of max_attempts={self.max_attempts}"
+            pipe.rpush(
+                self.keys.failed,
+                failure_record(
+                    raw, exception="MaxAttemptsExceeded", error=error, worker_id=worker_id, queue=queue
+                ),
+            )
+            pipe.incr(self.keys.stat("failed"))
+            return "failed"
+        pipe.sadd(self.keys.queues, queue)
+        pipe.lpush(self.keys.queue(queue), bumped)
+        return "requeued"
+
+    def start(self, raw: str, run_at: str) -> None:
+        self.r.set(
+            self.keys.worker(self.worker_id),
+            json.dumps({"queue": self.queue, "run_at": run_at, "payload": decode_envelope(raw) or raw}),
+        )
+
+    def finish(self, raw: str, outbox_entries: Iterable[str] = (), extra: Any = None) -> bool:
+        """The job is done: its last reports enter the outbox and the job leaves processing, atomically.
+
+        Returns False if the job was no longer ours (a reaper took it because our heartbeat expired)."""
+        processing = self.keys.processing(self.worker_id)
+        entries = list(outbox_entries)
+        pipe = self.r.pipeline(transaction=True)
+        if entries:
+            pipe.rpush(self.keys.outbox(self.worker_id), *entries)
+        pipe.lrem(processing, 1, raw)
+        pipe.incr(self.keys.stat("processed"))
+        pipe.incr(self.keys.stat("processed", self.worker_id))
+        pipe.delete(self.keys.worker(self.worker_id))
+        if extra is not None:
+            extra(pipe)
+        removed = pipe.execute()[1 if entries else 0]
+        return bool(removed)
+
+    def fail(self, raw: str, *, exception: str, error: str, backtrace: Sequence[str] = ()) -> None:
+        """Straight to resque's failed list (bad payload): no retry can fix it."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.rpush(
+            self.keys.failed,
+            failure_record(
+                raw,
+                exception=exception,
+                error=error,
+                worker_id=self.worker_id,
+                queue=self.queue,
+                backtrace=backtrace,
+            ),
+        )
+        pipe.lrem(self.keys.processing(self.worker_id), 1, raw)
+        pipe.incr(self.keys.stat("failed"))
+        pipe.incr(self.keys.stat("failed", self.worker_id))
+        pipe.incr(self.keys.stat("processed"))
+        pipe.incr(self.keys.stat("processed", self.worker_id))
+        pipe.delete(self.keys.worker(self.worker_id))
+        pipe.execute()
+
+    # -- reaping -------------------------------------------------------------------------------------
+    def dead_workers(self, dead_after: float, now: float | None = None) -> list[str]:
+        now = time.time() if now is None else now
+        dead = []
+        beats = self.r.hgetall(self.keys.heartbeat)
+        for worker_id, stamp in beats.items():
+            if worker_id == self.worker_id:
+                continue
+            ts = parse_iso(stamp)
+            if ts is None or now - ts > dead_after:
+                dead.append(worker_id)
+        # processing lists / outboxes without any heartbeat (a worker that vanished half-registered)
+        for pattern in (self.keys.processing("*"), self.keys.outbox("*")):
+            prefix = pattern[:-1]
+            for key in self.r.scan_iter(match=pattern, count=500):
+                worker_id = key[len(prefix) :]
+                if worker_id != self.worker_id and worker_id not in beats and worker_id not in dead:
+                    dead.append(worker_id)
+        return dead
+
+    def reap(self, dead_after: float) -> dict[str, list[str]]:
+        """Take over every dead worker: jobs back to the queue head (attempt counted) or to failed, their
+        undelivered reports appended to our outbox, registration removed. Safe on many workers at once."""
+        result: dict[str, list[str]] = {}
+        for worker_id in self.dead_workers(dead_after):
+            outcomes = self._reap_one(worker_id, dead_after)
+            if outcomes is not None:
+                result[worker_id] = outcomes
+        return result
+
+    def _reap_one(self, worker_id: str, dead_after: float) -> list[str] | None:
+        processing = self.keys.processing(worker_id)
+        outbox = self.keys.outbox(worker_id)
+        queue = queue_of(worker_id)
+        for _ in range(REAP_RETRIES):
+            with self.r.pipeline(transaction=True) as pipe:
+                try:
+                    pipe.watch(processing, outbox, self.keys.heartbeat)
+                    stamp = pipe.hget(self.keys.heartbeat, worker_id)
+                    ts = parse_iso(stamp)
+                    if stamp is not None and ts is not None and time.time() - ts <= dead_after:
+                        return None  # it came back
+                    jobs = pipe.lrange(processing, 0, -1)
+                    reports = pipe.lrange(outbox, 0, -1)
+                    state = pipe.hget(self.keys.worker_state, worker_id)
+                    vm = None
+                    if state:
+                        try:
+                            vm = json.loads(state).get("vm")
+                        except (ValueError, AttributeError):
+                            vm = None
+                    vm_owner = pipe.hget(self.keys.vm_state, vm) if vm else None
+                    pipe.multi()
+                    outcomes = []
+                    for raw in reversed(jobs):  # LPUSH in reverse keeps their order at the head
+                        reason = f"worker {worker_id} died (heartbeat expired) while running the job"
+                        outcomes.append(
+                            self._requeue_or_fail(pipe, raw, attempts_of(raw) + 1, reason, worker_id, queue)
+                        )
+                    if reports:
+                        pipe.rpush(self.keys.outbox(self.worker_id), *reports)
+                    owned_vm = vm if vm_owner and _owner_of(vm_owner) == worker_id else None
+                    self._forget(pipe, worker_id, owned_vm)
+                    pipe.execute()
+                except redis.WatchError:
+                    continue
+            if jobs or reports:
+                log.warning(
+                    "reaped dead worker %s: %d job(s) %s, %d undelivered report(s) taken over",
+                    worker_id,
+                    len(jobs),
+                    ",".join(outcomes) or "-",
+                    len(reports),
+                )
+            else:
+                log.info("reaped dead worker %s (nothing in flight)", worker_id)
+            return outcomes
+        log.warning("could not reap %s: too much contention, will retry at the next round", worker_id)
+        return None
+
+    # -- failed list (CLI) ---------------------------------------------------------------------------
+    def failed(self) -> list[dict[str, Any]]:
+        out = []
+        for raw in self.r.lrange(self.keys.failed, 0, -1):
+            try:
+                out.append(json.loads(raw))
+            except ValueError:
+                out.append({"error": "unreadable failed entry", "payload": raw})
+        return out
+
+    def retry(self, index: int | None) -> int:
+        """Requeue failed entry `index` (or all with None) with a fresh attempt count; returns how many."""
+        count = 0
+        while True:
+            with self.r.pipeline(transaction=True) as pipe:
+                try:
+                    pipe.watch(self.keys.failed)
+                    entries = pipe.lrange(self.keys.failed, 0, -1)
+                    chosen = range(len(entries)) if index is None else [index]
+                    if index is not None and not 0 <= index < len(entries):
+                        raise IndexError(f"no failed job with index {index} (there are {len(entries)})")
+                    pipe.multi()
+                    for i in chosen:
+                        entry = json.loads(entries[i])
+                        payload = entry.get("payload")
+                        raw = payload if isinstance(payload, str) else json.dumps(payload)
+                        data = decode_envelope(raw)
+                        if data is not None:
+                            data.pop("attempts", None)
+                            raw = json.dumps(data)
+                        queue = entry.get("queue") or self.queue
+                        pipe.sadd(self.keys.queues, queue)
+                        pipe.rpush(self.keys.queue(queue), raw)
+                        pipe.lset(self.keys.failed, i, "__travis_worker_retried__")
+                        count += 1
+                    pipe.lrem(self.keys.failed, 0, "__travis_worker_retried__")
+                    pipe.execute()
+                    return count
+                except redis.WatchError:
+                    count = 0
+                    continue
+
+
+def _owner_of(state_json: str) -> str | None:
+    try:
+        return json.loads(state_json).get("worker")
+    except (ValueError, AttributeError):
+        return None

@@ -1,0 +1,439 @@
+"""The worker process: main loop, signals, heartbeat + reaper, cancel subscription, state in Redis."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import signal
+import threading
+import time
+from typing import Any
+
+import redis
+
+from travis_worker.config import Config
+from travis_worker.executor import Executor, Limits, SandboxError, make_executor
+from travis_worker.keys import Keys
+from travis_worker.payload import Job, PayloadError, parse_job
+from travis_worker.queue import Queue, decode_envelope, make_worker_id, now_iso, strip_attempts
+from travis_worker.reporter import (
+    BACKOFF_MAX,
+    BACKOFF_START,
+    HttpTransport,
+    LogStream,
+    RedisTransport,
+    Sender,
+    Transport,
+    push_with_retry,
+    state_entry,
+)
+from travis_worker.script import build_script
+
+log = logging.getLogger(__name__)
+
+TAKE_TIMEOUT = 1.0  # seconds BLMOVE blocks before the loop looks at stop/pause flags again
+DEAD_AFTER_BEATS = 5  # a worker whose heartbeat is older than this many intervals is dead
+REAP_EVERY_BEATS = 3
+DRAIN_ON_EXIT = 5.0  # seconds to wait for the outbox to empty at exit (what is left stays in Redis)
+
+
+def connect(url: str) -> redis.Redis:
+    return redis.Redis.from_url(
+        url,
+        decode_responses=True,
+        encoding_errors="surrogateescape",  # a non-UTF-8 payload must still be readable (and failed)
+        socket_connect_timeout=5,
+        socket_timeout=TAKE_TIMEOUT + 10,
+        socket_keepalive=True,
+        health_check_interval=30,
+    )
+
+
+def make_transport(cfg: Config, keys: Keys) -> Transport:
+    if cfg["reporter"] == "http":
+        return HttpTransport(cfg["travis.url"], cfg["travis.username"], cfg["travis.token"])
+    return RedisTransport(keys)
+
+
+class Worker:
+    def __init__(self, cfg: Config, *, executor: Executor | None = None, worker_id: str | None = None):
+        self.cfg = cfg
+        self.keys = Keys(cfg.namespace)
+        self.r = connect(cfg["redis.url"])
+        self.id = worker_id or make_worker_id(cfg["queue"])
+        self.vm: str | None = cfg["vm"]
+        self.queue = Queue(self.r, self.keys, cfg["queue"], self.id, cfg["max_attempts"])
+        self.executor = executor or make_executor(
+            cfg["vms.provider"], project_dir=cfg["vms.project_dir"], vm_name=self.vm
+        )
+        self.sender = Sender(self.r, self.keys, self.id, make_transport(cfg, self.keys))
+        self.interval = float(cfg["heartbeat_interval"])
+        self.dead_after = DEAD_AFTER_BEATS * self.interval
+        self.noop_class: str | None = cfg["noop_class"]
+        # lifecycle flags (set from signal handlers and threads)
+        self.stop_mode: str | None = None  # None | "graceful" | "immediate"
+        self.paused = threading.Event()
+        self.threads_stop = threading.Event()
+        self.cancel = threading.Event()
+        self.abort_reason: str | None = None  # set => the current job is requeued, not finished
+        self.current_job: int | None = None
+        self.state = "idle"
+        self.state_since = now_iso()
+        self._check_held = True
+        self._shutdown_timer: threading.Timer | None = None
+        self._sigint_count = 0
+
+    # -- state in Redis ------------------------------------------------------------------------------
+    def set_state(self, state: str) -> None:
+        if state != self.state:
+            self.state, self.state_since = state, now_iso()
+        try:
+            self._write_state()
+        except redis.RedisError as exc:
+            log.debug("state not written (%s); the next heartbeat writes it", exc)
+
+    def _write_state(self, pipe: Any = None) -> None:
+        doc = {"state": self.state, "job_id": self.current_job, "vm": self.vm, "since": self.state_since}
+        own = pipe or self.r.pipeline(transaction=True)
+        own.hset(self.keys.worker_state, self.id, json.dumps({**doc, "heartbeat_interval": self.interval}))
+        if self.vm:
+            own.hset(self.keys.vm_state, self.vm, json.dumps({**doc, "worker": self.id}))
+        if pipe is None:
+            own.execute()
+
+    # -- signals -------------------------------------------------------------------------------------
+    def install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self.request_stop("graceful"))
+        signal.signal(signal.SIGQUIT, lambda *_: self.request_stop("immediate"))
+        signal.signal(signal.SIGINT, self._on_sigint)
+        signal.signal(signal.SIGUSR2, lambda *_: self.toggle_pause())
+
+    def _on_sigint(self, *_: Any) -> None:
+        self._sigint_count += 1
+        self.request_stop("graceful" if self._sigint_count == 1 else "immediate")
+
+    def request_stop(self, mode: str) -> None:
+        if mode == "immediate":
+            self.stop_mode = "immediate"
+            self._abort_current("worker stopped immediately (SIGQUIT / second SIGINT)")
+            return
+        if self.stop_mode is None:
+            self.stop_mode = "graceful"
+            log.info("graceful stop: no new jobs; the current one may take %ss", self.cfg["shutdown_timeout"])
+            if self.current_job is not None:
+                self._start_shutdown_timer()
+
+    def _start_shutdown_timer(self) -> None:
+        timer = threading.Timer(
+            float(self.cfg["shutdown_timeout"]),
+            self._abort_current,
+            args=(f"shutdown_timeout of {self.cfg['shutdown_timeout']} s reached during a graceful stop",),
+        )
+        timer.daemon = True
+        timer.start()
+        self._shutdown_timer = timer
+
+    def _abort_current(self, reason: str) -> None:
+        if self.current_job is not None and self.abort_reason is None:
+            self.abort_reason = reason
+            self.cancel.set()
+
+    def toggle_pause(self) -> None:
+        if self.paused.is_set():
+            self.paused.clear()
+            log.info("resumed: taking jobs again")
+        else:
+            self.paused.set()
+            log.info("paused: no new jobs until the next SIGUSR2")
+
+    # -- background threads --------------------------------------------------------------------------
+    def _heartbeat_loop(self) -> None:
+        beats = 0
+        connected_since: float | None = None
+        while True:
+            try:
+                pipe = self.r.pipeline(transaction=True)
+                pipe.hset(self.keys.heartbeat, self.id, now_iso())
+                pipe.sadd(self.keys.workers, self.id)
+                self._write_state(pipe)
+                created = pipe.execute()[0]
+                if created and beats > 0:
+                    log.error("this worker had been reaped as dead (heartbeat too old); registered again")
+                    self._abort_current("this worker was reaped as dead; the job was requeued by the reaper")
+                if connected_since is None:
+                    connected_since = time.monotonic()
+                beats += 1
+                # after an outage every heartbeat is old: reap only once others had time to beat again
+                if beats % REAP_EVERY_BEATS == 0 and time.monotonic() - connected_since > self.dead_after:
+                    self.reap()
+            except redis.RedisError as exc:
+                if connected_since is not None:
+                    log.warning("heartbeat failed: %s", exc)
+                connected_since = None
+            if self.threads_stop.wait(self.interval):
+                return
+
+    def reap(self) -> None:
+        reaped = self.queue.reap(self.dead_after)
+        if reaped:
+            self.sender.notify()
+
+    def _commands_loop(self) -> None:
+        backoff = BACKOFF_START
+        while not self.threads_stop.is_set():
+            pubsub = self.r.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(self.keys.commands)
+                backoff = BACKOFF_START
+                while not self.threads_stop.is_set():
+                    message = pubsub.get_message(timeout=0.5)
+                    if message and message.get("type") == "message":
+                        self._on_command(message["data"])
+            except redis.RedisError as exc:
+                log.warning("command subscription lost (%s); resubscribing in %.1fs", exc, backoff)
+                self.threads_stop.wait(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+            finally:
+                with contextlib.suppress(redis.RedisError):
+                    pubsub.close()
+
+    def _on_command(self, data: str) -> None:
+        try:
+            command = json.loads(data)
+        except ValueError:
+            log.warning("ignoring command that is not JSON: %.200r", data)
+            return
+        if not isinstance(command, dict) or command.get("type") != "cancel_job":
+            return
+        if self.current_job is not None and str(command.get("job_id")) == str(self.current_job):
+            log.info("job %s cancelled on request", self.current_job)
+            self.cancel.set()
+
+    # -- main loop -----------------------------------------------------------------------------------
+    def run(self) -> int:
+        self.install_signals()
+        push_with_retry(self.queue.register, f"registering worker {self.id}")
+        self.set_state("idle")
+        log.info("worker %s started on queue %s (vm %s)", self.id, self.cfg["queue"], self.vm or "-")
+        try:
+            self.reap()
+        except redis.RedisError as exc:
+            log.warning("start-up reap skipped: %s", exc)
+        threads = [
+            threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True),
+            threading.Thread(target=self._commands_loop, name="commands", daemon=True),
+        ]
+        self.sender.start()
+        for thread in threads:
+            thread.start()
+        try:
+            self._loop()
+        finally:
+            self._shutdown(threads)
+        return 0
+
+    def _loop(self) -> None:
+        backoff = BACKOFF_START
+        while self.stop_mode is None:
+            if self.paused.is_set():
+                self.set_state("paused")
+                time.sleep(0.2)
+                continue
+            if self.state != "idle":
+                self.set_state("idle")
+            try:
+                raw = self._take()
+                backoff = BACKOFF_START
+            except redis.RedisError as exc:
+                log.warning(
+                    "redis unavailable while waiting for jobs (%s); reconnecting in %.1fs", exc, backoff
+                )
+                self._check_held = True
+                time.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
+            if raw is None:
+                continue
+            if self.stop_mode is not None or self.paused.is_set():
+                push_with_retry(
+                    lambda raw=raw: self.queue.give_back(raw, count_attempt=False, reason="worker stopping"),
+                    "giving a job back",
+                )
+                continue
+            self.handle(raw)
+
+    def _take(self) -> str | None:
+        if self._check_held:
+            held = self.r.lindex(self.keys.processing(self.id), 0)
+            self._check_held = False
+            if held is not None:
+                return held
+        return self.r.blmove(self.keys.queue(self.cfg["queue"]), self.keys.processing(self.id), TAKE_TIMEOUT)
+
+    def handle(self, raw: str) -> None:
+        envelope = decode_envelope(raw)
+        if self.noop_class and envelope and envelope.get("class") == self.noop_class:
+            self._handle_noop(raw, envelope)
+            return
+        try:
+            job = parse_job(strip_attempts(raw))
+        except PayloadError as exc:
+            reason = str(exc)
+            log.warning("bad payload sent to failed: %s", reason)
+            push_with_retry(
+                lambda: self.queue.fail(raw, exception="PayloadError", error=reason),
+                "recording a bad payload",
+            )
+            return
+        self._run_job(raw, job)
+
+    def _handle_noop(self, raw: str, envelope: dict[str, Any]) -> None:
+        """`noop_class` jobs (benchmarks, smoke tests): the same take/finish path, no build, no reports."""
+        args = envelope.get("args")
+        notify = (
+            args[0].get("notify") if isinstance(args, list) and args and isinstance(args[0], dict) else None
+        )
+
+        def extra(pipe: Any) -> None:
+            if isinstance(notify, str):
+                pipe.rpush(notify, repr(time.time()))
+
+        push_with_retry(lambda: self.queue.finish(raw, extra=extra), "finishing a no-op job")
+
+    def _run_job(self, raw: str, job: Job) -> None:
+        self.current_job = job.id
+        self.cancel.clear()
+        self.abort_reason = None
+        if self.stop_mode == "graceful":
+            self._start_shutdown_timer()
+        outbox = self.keys.outbox(self.id)
+        try:
+            push_with_retry(lambda: self.queue.start(raw, now_iso()), "marking the job as running")
+            self.set_state("working")
+            received = state_entry(job.id, "received", self.id)
+            push_with_retry(lambda: self.r.rpush(outbox, received), "queueing the received report")
+            self.sender.notify()
+            try:
+                self.executor.prepare()
+            except SandboxError as exc:
+                self._sandbox_failed(raw, job, exc)
+                return
+            started = state_entry(job.id, "started", self.id)
+            push_with_retry(lambda: self.r.rpush(outbox, started), "queueing the started report")
+            self.sender.notify()
+            stream = LogStream(self.r, self.keys, self.id, job.id, self.sender.notify)
+            result = self._execute(job, stream)
+            final_part = stream.close()
+            if self.abort_reason is not None:
+                log.warning("job %s stopped and requeued: %s", job.id, self.abort_reason)
+                reason = self.abort_reason
+                push_with_retry(
+                    lambda: self.queue.give_back(raw, count_attempt=False, reason=reason),
+                    "requeueing the job",
+                )
+                return
+            finished = state_entry(job.id, "finished", self.id, result=result.state, reason=result.reason)
+            self._finish(raw, [final_part, finished])
+            log.info(
+                "job %s finished: %s%s", job.id, result.state, f" ({result.reason})" if result.reason else ""
+            )
+        finally:
+            if self._shutdown_timer is not None:
+                self._shutdown_timer.cancel()
+                self._shutdown_timer = None
+            self.current_job = None
+            self.sender.notify()
+
+    def _execute(self, job: Job, stream: LogStream) -> Any:
+        from travis_worker.executor import BuildResult
+
+        limits = Limits(
+            hard_limit=float(job.timeouts.hard_limit or self.cfg["timeouts.hard_limit"]),
+            log_silence=float(job.timeouts.log_silence or self.cfg["timeouts.log_silence"]),
+            log_length=int(self.cfg["limits.log_length"]),
+        )
+        try:
+            script = build_script(
+                job, git_base_url=self.cfg["git.base_url"], clone_depth=self.cfg["git.clone_depth"]
+            )
+            return self.executor.run(script, stream.write, self.cancel, limits)
+        except Exception as exc:  # the worker must survive whatever a build does
+            log.exception("job %s: the executor failed", job.id)
+            stream.write(f"\r\nThe worker could not run this job: {exc}\r\n".encode())
+            return BuildResult("errored", f"worker error: {exc.__class__.__name__}: {exc}", None)
+
+    def _finish(self, raw: str, entries: list[str]) -> None:
+        processing = self.keys.processing(self.id)
+        backoff = BACKOFF_START
+        while True:
+            try:
+                if not self.queue.finish(raw, entries):
+                    log.error(
+                        "job was no longer in %s (reaped meanwhile?); its final report is queued", processing
+                    )
+                return
+            except redis.RedisError as exc:
+                log.warning("redis unavailable while finishing the job (%s); retrying in %.1fs", exc, backoff)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                try:  # the transaction may have run before the connection broke: do not run it twice
+                    if self.r.lpos(processing, raw) is None:
+                        return
+                except redis.RedisError:
+                    continue
+
+    def _sandbox_failed(self, raw: str, job: Job, exc: SandboxError) -> None:
+        reason = f"sandbox reset failed: {exc}"
+        log.error("job %s: %s; job goes back to the queue, worker is errored", job.id, reason)
+        outcome = ""
+
+        def give_back() -> None:
+            nonlocal outcome
+            outcome = self.queue.give_back(raw, count_attempt=True, reason=reason)
+
+        push_with_retry(give_back, "requeueing after a sandbox failure")
+        log.info("job %s %s", job.id, outcome)
+        self.current_job = None
+        self.set_state("errored")
+        self._recover_sandbox()
+
+    def _recover_sandbox(self) -> None:
+        """Errored: take no job until the sandbox can be reset again (retried with backoff)."""
+        delay = 5.0
+        while self.stop_mode is None:
+            self._sleep(delay)
+            if self.stop_mode is not None:
+                return
+            try:
+                self.executor.prepare()
+            except SandboxError as exc:
+                log.error("sandbox still broken: %s; next try in %.0fs", exc, min(delay * 2, 300))
+                delay = min(delay * 2, 300)
+                continue
+            log.info("sandbox reset works again; taking jobs")
+            self.set_state("idle")
+            return
+
+    def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake early when a stop was requested."""
+        deadline = time.monotonic() + seconds
+        while self.stop_mode is None and time.monotonic() < deadline:
+            time.sleep(min(0.2, deadline - time.monotonic()))
+
+    def _shutdown(self, threads: list[threading.Thread]) -> None:
+        if not self.sender.drain(DRAIN_ON_EXIT):
+            log.warning(
+                "undelivered reports stay in %s; the next worker takes them over", self.keys.outbox(self.id)
+            )
+        self.threads_stop.set()
+        self.sender.stop()
+        for thread in threads:
+            thread.join(timeout=2)
+        try:
+            clean = self.queue.unregister(self.vm)
+            if not clean:
+                log.warning("worker %s left reports or jobs behind; marked dead for the reaper", self.id)
+        except redis.RedisError as exc:
+            log.error("could not unregister (%s); the reaper will clean up %s", exc, self.id)
+        log.info("worker %s stopped (%s)", self.id, self.stop_mode)
