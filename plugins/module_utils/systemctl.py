@@ -1,0 +1,197 @@
+# -*- coding: utf-8 -*-
+# Copyright: travis.worker developers
+# MIT License (see LICENSE)
+"""The one runner for systemctl: argv lists, LANG=C, ``show``/``list-units`` parsed in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+C_LOCALE = {"LANG": "C", "LC_ALL": "C", "LC_MESSAGES": "C", "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0"}
+DEFAULT_PROPERTIES = ("Id", "LoadState", "ActiveState", "SubState", "MainPID", "UnitFileState")
+
+
+@dataclass
+class SystemctlError(Exception):
+    """A failed systemctl call, with the command, rc and stderr for the operator."""
+
+    message: str
+    cmd: list[str] = field(default_factory=list)
+    rc: Optional[int] = None
+    stdout: str = ""
+    stderr: str = ""
+
+    def __str__(self) -> str:
+        return self.message
+
+    def fail_kwargs(self) -> dict[str, Any]:
+        return {
+            "msg": self.message,
+            "cmd": self.cmd,
+            "rc": self.rc,
+            "stdout": self.stdout,
+            "stderr": self.stderr,
+        }
+
+
+def parse_show(text: str) -> list[dict[str, str]]:
+    """Parse ``systemctl show``: ``Key=value`` lines, one block per unit, blocks separated by a blank line."""
+    blocks: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            if current:
+                blocks.append(current)
+                current = {}
+            continue
+        key, sep, value = line.partition("=")
+        if sep:
+            current[key] = value
+    if current:
+        blocks.append(current)
+    return blocks
+
+
+def parse_list_units(text: str) -> list[dict[str, str]]:
+    """Parse ``systemctl list-units --plain --no-legend``: UNIT LOAD ACTIVE SUB DESCRIPTION."""
+    units = []
+    for line in text.splitlines():
+        parts = line.split(None, 4)
+        if len(parts) < 4:
+            continue
+        if parts[0] in ("●", "*"):  # a failed unit is prefixed with a bullet on some versions
+            parts = line.split(None, 5)[1:]
+        units.append(
+            {
+                "unit": parts[0],
+                "load": parts[1],
+                "active": parts[2],
+                "sub": parts[3],
+                "description": parts[4] if len(parts) > 4 else "",
+            }
+        )
+    return units
+
+
+def parse_list_unit_files(text: str) -> list[dict[str, str]]:
+    """Parse ``systemctl list-unit-files --plain --no-legend``: UNIT STATE [PRESET]."""
+    files = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2:
+            files.append({"unit": parts[0], "state": parts[1]})
+    return files
+
+
+class Systemctl:
+    """Run systemctl through ``module.run_command`` with argv lists and the C locale."""
+
+    def __init__(self, module: Any, binary: Optional[str] = None, user: bool = False) -> None:
+        self.module = module
+        self._binary = binary
+        self.user = user
+
+    @property
+    def binary(self) -> str:
+        if self._binary is None:
+            found = self.module.get_bin_path("systemctl", required=False)
+            if not found:
+                raise SystemctlError(
+                    "systemctl was not found in PATH: this host does not run systemd; "
+                    "travis-worker@.service needs a systemd host (or a systemd LXC container)"
+                )
+            self._binary = found
+        return self._binary
+
+    def run(self, args: list[str], what: str, check: bool = True) -> tuple[int, str, str]:
+        cmd = [self.binary]
+        if self.user:
+            cmd.append("--user")
+        cmd.extend(args)
+        rc, out, err = self.module.run_command(cmd, environ_update=dict(C_LOCALE))
+        if check and rc != 0:
+            first = next((ln.strip() for ln in (err or "").splitlines() if ln.strip()), "no error output")
+            raise SystemctlError(
+                f"systemctl failed to {what}: {first} — check `systemctl status` and "
+                "`journalctl -u <unit>` for the unit named here",
+                cmd=cmd,
+                rc=rc,
+                stdout=out,
+                stderr=err,
+            )
+        return rc, out, err
+
+    def show(
+        self, units: list[str], properties: tuple[str, ...] = DEFAULT_PROPERTIES
+    ) -> dict[str, dict[str, str]]:
+        """Properties of each unit, keyed by the unit name as given."""
+        if not units:
+            return {}
+        props = list(properties)
+        if "Id" not in props:
+            props.insert(0, "Id")
+        _, out, _ = self.run(
+            ["show", "--property=" + ",".join(props), "--", *units], f"show {', '.join(units)}"
+        )
+        blocks = parse_show(out)
+        if len(blocks) != len(units):
+            raise SystemctlError(
+                f"systemctl show returned {len(blocks)} blocks for {len(units)} units ({', '.join(units)})",
+                stdout=out,
+            )
+        return dict(zip(units, blocks))
+
+    def start(self, units: list[str], no_block: bool = False) -> None:
+        self._verb("start", units, no_block)
+
+    def stop(self, units: list[str], no_block: bool = False) -> None:
+        self._verb("stop", units, no_block)
+
+    def restart(self, units: list[str], no_block: bool = False) -> None:
+        self._verb("restart", units, no_block)
+
+    def reload(self, units: list[str], no_block: bool = False) -> None:
+        self._verb("reload", units, no_block)
+
+    def _verb(self, verb: str, units: list[str], no_block: bool) -> None:
+        if not units:
+            return
+        args = [verb]
+        if no_block:
+            args.append("--no-block")
+        args.append("--")
+        args.extend(units)
+        self.run(args, f"{verb} {', '.join(units)}")
+
+    def kill(self, units: list[str], signal: str, whom: str = "main") -> None:
+        """Send ``signal`` (e.g. ``SIGQUIT``) to the ``main`` process (or ``all``) of each unit."""
+        if not units:
+            return
+        self.run(
+            ["kill", f"--signal={signal}", f"--kill-who={whom}", "--", *units],
+            f"send {signal} to {', '.join(units)}",
+        )
+
+    def list_units(self, pattern: str, all_units: bool = True) -> list[dict[str, str]]:
+        args = ["list-units", "--plain", "--no-legend", "--no-pager"]
+        if all_units:
+            args.append("--all")
+        args.extend(["--", pattern])
+        _, out, _ = self.run(args, f"list units matching {pattern}")
+        return parse_list_units(out)
+
+    def list_unit_files(self, pattern: str) -> list[dict[str, str]]:
+        _, out, _ = self.run(
+            ["list-unit-files", "--plain", "--no-legend", "--no-pager", "--", pattern],
+            f"list unit files matching {pattern}",
+        )
+        return parse_list_unit_files(out)
+
+    def wants(self, unit: str) -> list[str]:
+        """Units a target wants (its enabled members, e.g. instances enabled into travis-worker.target)."""
+        return self.show([unit], ("Id", "Wants")).get(unit, {}).get("Wants", "").split()
+
+    def is_active(self, unit: str) -> bool:
+        rc, _, _ = self.run(["is-active", "--quiet", "--", unit], f"query {unit}", check=False)
+        return rc == 0

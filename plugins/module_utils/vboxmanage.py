@@ -1,0 +1,209 @@
+# -*- coding: utf-8 -*-
+# Copyright: travis.worker developers
+# MIT License (see LICENSE)
+"""The one runner for VBoxManage: argv lists, LANG=C, and every output parser in one place.
+
+VirtualBox registrations are per user: run the module as the user whose VMs you mean
+(``become_user: travis``); this runner never adds ``sudo`` by itself.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+C_LOCALE = {"LANG": "C", "LC_ALL": "C", "LC_MESSAGES": "C"}
+INACCESSIBLE = "<inaccessible>"
+
+_LIST_LINE = re.compile(r'^"(?P<name>.*)" \{(?P<uuid>[0-9a-fA-F-]{36})\}\s*$')
+_MR_LINE = re.compile(r'^(?P<key>"(?:[^"\\]|\\.)*"|[^=]+)=(?P<value>.*)$')
+_LOCKED = re.compile(
+    r"is already locked|while it is locked|locked for a session|VBOX_E_INVALID_OBJECT_STATE", re.IGNORECASE
+)
+_NOT_FOUND = re.compile(r"Could not find a registered machine|VBOX_E_OBJECT_NOT_FOUND", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class VmEntry:
+    """One line of ``VBoxManage list vms``."""
+
+    name: str
+    uuid: str
+
+    @property
+    def inaccessible(self) -> bool:
+        return self.name == INACCESSIBLE
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "uuid": self.uuid, "inaccessible": self.inaccessible}
+
+
+@dataclass
+class VBoxManageError(Exception):
+    """A failed VBoxManage call, with everything an operator needs to act on it."""
+
+    message: str
+    cmd: list[str] = field(default_factory=list)
+    rc: Optional[int] = None
+    stdout: str = ""
+    stderr: str = ""
+
+    def __str__(self) -> str:
+        return self.message
+
+    @property
+    def locked(self) -> bool:
+        return bool(_LOCKED.search(self.stderr or ""))
+
+    @property
+    def not_found(self) -> bool:
+        return bool(_NOT_FOUND.search(self.stderr or ""))
+
+    def fail_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``module.fail_json``."""
+        return {
+            "msg": self.message,
+            "cmd": self.cmd,
+            "rc": self.rc,
+            "stdout": self.stdout,
+            "stderr": self.stderr,
+        }
+
+
+def parse_list_vms(text: str) -> list[VmEntry]:
+    """Parse ``VBoxManage list vms`` / ``list runningvms``: ``"name" {uuid}`` per line."""
+    entries = []
+    for line in text.splitlines():
+        match = _LIST_LINE.match(line.strip())
+        if match:
+            entries.append(VmEntry(name=match.group("name"), uuid=match.group("uuid").lower()))
+    return entries
+
+
+def _unquote(value: str) -> str:
+    value = value.strip()
+    if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
+        return value[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+    return value
+
+
+def parse_machinereadable(text: str) -> dict[str, str]:
+    """Parse ``VBoxManage showvminfo --machinereadable``: ``key="value"`` / ``"quoted key"="value"`` lines.
+
+    Repeated keys keep the first value (VBoxManage repeats e.g. ``SnapshotName`` for each
+    snapshot level with a suffix, so real keys are unique anyway).
+    """
+    info: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        match = _MR_LINE.match(line)
+        if not match:
+            continue
+        key = _unquote(match.group("key"))
+        info.setdefault(key, _unquote(match.group("value")))
+    return info
+
+
+def parse_system_properties(text: str) -> dict[str, str]:
+    """Parse ``VBoxManage list systemproperties`` (``Key:   value`` lines)."""
+    props = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            props[key.strip()] = value.strip()
+    return props
+
+
+def snapshot_names(info: dict[str, str]) -> list[str]:
+    """Snapshot names from a parsed ``showvminfo --machinereadable`` (``SnapshotName``, ``SnapshotName-1``)"""
+    return [value for key, value in info.items() if key == "SnapshotName" or key.startswith("SnapshotName-")]
+
+
+class VBoxManage:
+    """Run VBoxManage through ``module.run_command`` with argv lists and the C locale."""
+
+    def __init__(self, module: Any, binary: Optional[str] = None) -> None:
+        self.module = module
+        self._binary = binary
+
+    @property
+    def binary(self) -> str:
+        if self._binary is None:
+            found = self.module.get_bin_path("VBoxManage", required=False)
+            if not found:
+                raise VBoxManageError(
+                    "VBoxManage was not found in PATH on this host: install VirtualBox "
+                    "(role travis.worker.virtualbox) or set the module's vboxmanage option to its path"
+                )
+            self._binary = found
+        return self._binary
+
+    def run(self, args: list[str], what: str, check: bool = True) -> tuple[int, str, str]:
+        """Run ``VBoxManage <args>``; on failure raise a VBoxManageError naming ``what`` was attempted."""
+        cmd = [self.binary, *args]
+        rc, out, err = self.module.run_command(cmd, environ_update=dict(C_LOCALE))
+        if check and rc != 0:
+            raise VBoxManageError(self._explain(what, err), cmd=cmd, rc=rc, stdout=out, stderr=err)
+        return rc, out, err
+
+    @staticmethod
+    def _explain(what: str, stderr: str) -> str:
+        first = next((ln.strip() for ln in (stderr or "").splitlines() if ln.strip()), "no error output")
+        remedy = "see stderr"
+        if _LOCKED.search(stderr or ""):
+            remedy = (
+                "the VM is locked by another session (a running VM, a GUI or another VBoxManage): "
+                "power it off (VBoxManage controlvm <vm> poweroff) or wait for the other session, then retry"
+            )
+        elif _NOT_FOUND.search(stderr or ""):
+            remedy = "the VM is not registered for this user: check `VBoxManage list vms` as the same user"
+        return f"VBoxManage failed to {what}: {first} — {remedy}"
+
+    def list_vms(self) -> list[VmEntry]:
+        _, out, _ = self.run(["list", "vms"], "list the registered VMs")
+        return parse_list_vms(out)
+
+    def list_running_vms(self) -> list[VmEntry]:
+        _, out, _ = self.run(["list", "runningvms"], "list the running VMs")
+        return parse_list_vms(out)
+
+    def system_properties(self) -> dict[str, str]:
+        _, out, _ = self.run(["list", "systemproperties"], "read the system properties")
+        return parse_system_properties(out)
+
+    def default_machine_folder(self) -> Optional[str]:
+        return self.system_properties().get("Default machine folder") or None
+
+    def show_vm_info(self, vm: str) -> dict[str, str]:
+        _, out, _ = self.run(["showvminfo", vm, "--machinereadable"], f"show VM {vm}")
+        return parse_machinereadable(out)
+
+    def vm_state(self, vm: str) -> str:
+        """``VMState`` of a VM (``running``, ``poweroff``, ``saved``, ``aborted``...)."""
+        return self.show_vm_info(vm).get("VMState", "unknown")
+
+    def poweroff(self, vm: str) -> None:
+        self.run(["controlvm", vm, "poweroff"], f"power off VM {vm}")
+
+    def unregister(self, vm: str, delete: bool = True) -> None:
+        args = ["unregistervm", vm]
+        if delete:
+            args.append("--delete")
+        self.run(args, f"unregister{' and delete' if delete else ''} VM {vm}")
+
+    def snapshot_take(self, vm: str, name: str, live: bool = False) -> None:
+        args = ["snapshot", vm, "take", name]
+        if live:
+            args.append("--live")
+        self.run(args, f"take snapshot {name!r} of VM {vm}")
+
+    def snapshot_restore(self, vm: str, name: str) -> None:
+        self.run(["snapshot", vm, "restore", name], f"restore snapshot {name!r} of VM {vm}")
+
+    def snapshot_delete(self, vm: str, name: str) -> None:
+        self.run(["snapshot", vm, "delete", name], f"delete snapshot {name!r} of VM {vm}")
+
+    def snapshots(self, vm: str) -> list[str]:
+        return snapshot_names(self.show_vm_info(vm))

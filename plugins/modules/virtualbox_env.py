@@ -1,0 +1,382 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: travis.worker developers
+# MIT License (see LICENSE)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: virtualbox_env
+short_description: Reset or clean the worker user's VirtualBox VMs, VM folders and .vagrant state
+version_added: 0.1.0
+description:
+  - O(state=reset) wipes the worker VMs of the user the module runs as (use C(become_user), e.g. C(travis))
+    the way the old C(thor travis:worker:vagrant:rebuild) did - it powers off and unregisters every worker VM
+    with C(VBoxManage unregistervm --delete), removes their folders under the default machine folder
+    (C(~/VirtualBox VMs)) and the worker project's C(.vagrant) directory.
+  - A reset only happens with O(confirm=true); without it the task fails and lists what it would remove.
+    It refuses while worker services (C(travis-worker@*.service)) are running, and names them.
+  - O(state=clean) removes only broken worker VMs, without confirmation - registrations listed as
+    C(<inaccessible>), registered VMs whose folder or settings file is gone, and (with O(project_dir)) worker
+    VMs that no machine of the project's C(.vagrant) refers to. Running VMs are never removed by C(clean).
+  - Only VMs whose names start with O(prefix) are touched unless O(all_vms=true).
+author:
+  - travis.worker developers
+options:
+  state:
+    description: C(reset) wipes all worker VMs and state; C(clean) only inaccessible/orphaned worker VMs.
+    type: str
+    required: true
+    choices: [reset, clean]
+  confirm:
+    description: Must be true for O(state=reset) to remove anything (check mode previews without it).
+    type: bool
+    default: false
+  all_vms:
+    description: Act on every VM of the user, not only those whose name starts with O(prefix).
+    type: bool
+    default: false
+  prefix:
+    description: Name prefix of the worker VMs (and their folders in the machine folder).
+    type: str
+    default: travis-
+  project_dir:
+    description:
+      - The worker Vagrant project. O(state=reset) removes its C(.vagrant) directory; O(state=clean) treats
+        worker VMs that none of its C(.vagrant/machines/*/virtualbox/id) files name as orphans.
+    type: path
+  machine_folder:
+    description:
+      - VirtualBox's machine folder.
+      - Default - the C(Default machine folder) system property, else C(~/VirtualBox VMs).
+    type: path
+  unit_prefix:
+    description: Name of the worker service template without C(@.service); running instances block a reset.
+    type: str
+    default: travis-worker
+  vboxmanage:
+    description: Path of VBoxManage, when it is not in PATH.
+    type: path
+requirements:
+  - VirtualBox (VBoxManage) on the target
+notes:
+  - Check mode returns what would be removed and needs no O(confirm).
+  - Diff mode shows the registered VMs, the folders and the C(.vagrant) directory before and after.
+"""
+
+EXAMPLES = r"""
+- name: Preview what a reset would remove
+  travis.worker.virtualbox_env:
+    state: reset
+    project_dir: /home/travis/travis-worker
+  check_mode: true
+  become: true
+  become_user: travis
+
+- name: Wipe the worker VMs (workers must be stopped first)
+  travis.worker.virtualbox_env:
+    state: reset
+    confirm: true
+    project_dir: /home/travis/travis-worker
+  become: true
+  become_user: travis
+
+- name: Remove inaccessible and orphaned worker VMs only
+  travis.worker.virtualbox_env:
+    state: clean
+    project_dir: /home/travis/travis-worker
+  become: true
+  become_user: travis
+"""
+
+RETURN = r"""
+removed:
+  description: What was removed (in check mode, what would be removed).
+  returned: always
+  type: dict
+  contains:
+    vms:
+      description:
+        - Unregistered VMs with the reason (C(reset), C(inaccessible), C(folder missing), C(not in project)).
+      type: list
+      elements: dict
+      sample: [{"name": "travis-worker-1", "uuid": "3c1f...", "reason": "reset"}]
+    folders:
+      description: VM folders removed from the machine folder.
+      type: list
+      elements: str
+    vagrant_dirs:
+      description: C(.vagrant) directories removed.
+      type: list
+      elements: str
+powered_off:
+  description: Running VMs that were (or would be) powered off before unregistering.
+  returned: always
+  type: list
+  elements: str
+skipped:
+  description: Orphaned VMs that C(clean) left alone because they are running.
+  returned: always
+  type: list
+  elements: dict
+machine_folder:
+  description: The machine folder used.
+  returned: always
+  type: str
+  sample: /home/travis/VirtualBox VMs
+"""
+
+import os
+import shutil
+from typing import Any, Optional
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.travis.worker.plugins.module_utils.systemctl import Systemctl, SystemctlError
+from ansible_collections.travis.worker.plugins.module_utils.vboxmanage import (
+    VBoxManage,
+    VBoxManageError,
+    VmEntry,
+)
+
+
+def vagrant_ids(project_dir: Optional[str]) -> set[str]:
+    """VirtualBox UUIDs referenced by ``<project>/.vagrant/machines/*/virtualbox/id``."""
+    ids: set[str] = set()
+    if not project_dir:
+        return ids
+    machines = os.path.join(project_dir, ".vagrant", "machines")
+    if not os.path.isdir(machines):
+        return ids
+    for machine in sorted(os.listdir(machines)):
+        id_file = os.path.join(machines, machine, "virtualbox", "id")
+        if os.path.isfile(id_file):
+            with open(id_file, encoding="utf-8") as handle:
+                value = handle.read().strip().lower()
+            if value:
+                ids.add(value)
+    return ids
+
+
+class Environment:
+    def __init__(self, module: AnsibleModule) -> None:
+        self.module = module
+        self.params = module.params
+        self.vbox = VBoxManage(module, binary=self.params["vboxmanage"])
+        self.prefix = self.params["prefix"]
+        self.all_vms = self.params["all_vms"]
+
+    def machine_folder(self) -> str:
+        if self.params["machine_folder"]:
+            return self.params["machine_folder"]
+        folder = self.vbox.default_machine_folder()
+        return folder or os.path.expanduser("~/VirtualBox VMs")
+
+    def matches(self, name: str) -> bool:
+        return self.all_vms or name.startswith(self.prefix)
+
+    def running_workers(self) -> list[str]:
+        systemctl = Systemctl(self.module)
+        try:
+            units = systemctl.list_units(f"{self.params['unit_prefix']}@*.service")
+        except SystemctlError as exc:
+            if "not found in PATH" in exc.message:
+                self.module.warn("systemctl is not available: could not check for running worker services")
+                return []
+            raise
+        return [
+            u["unit"] for u in units if u["active"] in ("active", "activating", "reloading", "deactivating")
+        ]
+
+    def describe(self, vm: VmEntry) -> dict[str, Any]:
+        """Name, uuid, settings file and state; inaccessible VMs get their name from the settings file."""
+        entry: dict[str, Any] = {"name": vm.name, "uuid": vm.uuid, "inaccessible": vm.inaccessible}
+        try:
+            info = self.vbox.show_vm_info(vm.uuid)
+        except VBoxManageError:
+            info = {}
+        cfg = info.get("CfgFile", "")
+        entry["cfg_file"] = cfg
+        entry["vm_state"] = info.get("VMState", "unknown")
+        if vm.inaccessible or info.get("accessible") == "off":
+            entry["inaccessible"] = True
+            entry["label"] = os.path.splitext(os.path.basename(cfg))[0] if cfg else vm.name
+        else:
+            entry["label"] = vm.name
+        return entry
+
+    def inventory(self) -> tuple[list[dict[str, Any]], set[str]]:
+        vms = [self.describe(vm) for vm in self.vbox.list_vms()]
+        running = {vm.uuid for vm in self.vbox.list_running_vms()}
+        for vm in vms:
+            vm["running"] = vm["uuid"] in running
+        return vms, running
+
+    def plan_reset(self, folder: str) -> dict[str, Any]:
+        vms, _ = self.inventory()
+        chosen = [vm for vm in vms if self.matches(vm["label"])]
+        folders = []
+        if os.path.isdir(folder):
+            folders = [
+                os.path.join(folder, entry) for entry in sorted(os.listdir(folder)) if self.matches(entry)
+            ]
+        dirs = []
+        if self.params["project_dir"]:
+            dot = os.path.join(self.params["project_dir"], ".vagrant")
+            if os.path.exists(dot):
+                dirs.append(dot)
+        return {
+            "vms": [dict(vm, reason="reset") for vm in chosen],
+            "folders": folders,
+            "vagrant_dirs": dirs,
+            "skipped": [],
+            "all": vms,
+        }
+
+    def plan_clean(self, folder: str) -> dict[str, Any]:
+        vms, _ = self.inventory()
+        known = vagrant_ids(self.params["project_dir"])
+        chosen, skipped = [], []
+        for vm in vms:
+            if not self.matches(vm["label"]):
+                continue
+            reason = None
+            if vm["inaccessible"]:
+                reason = "inaccessible"
+            elif vm["cfg_file"] and not os.path.exists(vm["cfg_file"]):
+                reason = "folder missing"
+            elif self.params["project_dir"] and vm["uuid"] not in known:
+                reason = "not in project"
+            if reason is None:
+                continue
+            if vm["running"]:
+                skipped.append(dict(vm, reason=reason + ", running"))
+            else:
+                chosen.append(dict(vm, reason=reason))
+        folders = []
+        for vm in chosen:
+            vm_dir = os.path.dirname(vm["cfg_file"]) if vm["cfg_file"] else ""
+            if vm_dir and os.path.isdir(vm_dir) and os.path.dirname(vm_dir) == folder.rstrip("/"):
+                folders.append(vm_dir)
+        return {"vms": chosen, "folders": folders, "vagrant_dirs": [], "skipped": skipped, "all": vms}
+
+    def remove(self, plan: dict[str, Any]) -> list[str]:
+        powered_off = []
+        for vm in plan["vms"]:
+            if vm["running"]:
+                if not self.module.check_mode:
+                    self.vbox.poweroff(vm["uuid"])
+                powered_off.append(vm["label"])
+        if self.module.check_mode:
+            return powered_off
+        for vm in plan["vms"]:
+            # An inaccessible VM has no files VirtualBox could delete: --delete would fail on it.
+            self.vbox.unregister(vm["uuid"], delete=not vm["inaccessible"])
+        for path in plan["folders"] + plan["vagrant_dirs"]:
+            if os.path.lexists(path):
+                shutil.rmtree(path)
+        return powered_off
+
+    def run(self) -> dict[str, Any]:
+        state = self.params["state"]
+        folder = self.machine_folder()
+        if state == "reset":
+            running = self.running_workers()
+            if running:
+                self.module.fail_json(
+                    msg=(
+                        f"refusing to reset VirtualBox while worker services run: {', '.join(running)} — "
+                        "stop them first (travis.worker.worker_service name=all state=drained), then rerun"
+                    ),
+                    running_services=running,
+                )
+            plan = self.plan_reset(folder)
+        else:
+            plan = self.plan_clean(folder)
+        removed = {
+            "vms": [{"name": vm["label"], "uuid": vm["uuid"], "reason": vm["reason"]} for vm in plan["vms"]],
+            "folders": plan["folders"],
+            "vagrant_dirs": plan["vagrant_dirs"],
+        }
+        changed = bool(plan["vms"] or plan["folders"] or plan["vagrant_dirs"])
+        if state == "reset" and changed and not self.params["confirm"] and not self.module.check_mode:
+            self.module.fail_json(
+                msg=(
+                    "state=reset removes "
+                    + summary(removed)
+                    + " — this is destructive; set confirm: true to do it (or run with --check to preview)"
+                ),
+                removed=removed,
+            )
+        result: dict[str, Any] = {
+            "changed": changed,
+            "removed": removed,
+            "skipped": [
+                {"name": vm["label"], "uuid": vm["uuid"], "reason": vm["reason"]} for vm in plan["skipped"]
+            ],
+            "machine_folder": folder,
+        }
+        if self.module._diff:
+            result["diff"] = {
+                "before": listing(plan["all"], plan, empty=False),
+                "after": listing(plan["all"], plan, empty=True),
+            }
+        try:
+            result["powered_off"] = self.remove(plan) if changed else []
+        except VBoxManageError as exc:
+            kwargs = exc.fail_kwargs()
+            kwargs["msg"] += " (nothing after this VM was removed; rerun once the cause is fixed)"
+            self.module.fail_json(**kwargs)
+        except OSError as exc:
+            self.module.fail_json(
+                msg=f"could not remove {exc.filename}: {exc.strerror} — check its permissions"
+            )
+        if state == "reset" and self.module.check_mode and not self.params["confirm"] and changed:
+            self.module.warn("a real run of state=reset needs confirm: true")
+        return result
+
+
+def summary(removed: dict[str, Any]) -> str:
+    parts = []
+    if removed["vms"]:
+        parts.append("VMs " + ", ".join(f"{vm['name']} {{{vm['uuid']}}}" for vm in removed["vms"]))
+    if removed["folders"]:
+        parts.append("folders " + ", ".join(removed["folders"]))
+    if removed["vagrant_dirs"]:
+        parts.append("Vagrant state " + ", ".join(removed["vagrant_dirs"]))
+    return "; ".join(parts) or "nothing"
+
+
+def listing(all_vms: list[dict[str, Any]], plan: dict[str, Any], empty: bool) -> str:
+    gone = {vm["uuid"] for vm in plan["vms"]}
+    lines = [f"vm {vm['label']} {{{vm['uuid']}}}" for vm in all_vms if not (empty and vm["uuid"] in gone)]
+    if not empty:
+        lines += [f"folder {path}" for path in plan["folders"]]
+        lines += [f"vagrant {path}" for path in plan["vagrant_dirs"]]
+    return "".join(line + "\n" for line in lines)
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "state": {"type": "str", "required": True, "choices": ["reset", "clean"]},
+            "confirm": {"type": "bool", "default": False},
+            "all_vms": {"type": "bool", "default": False},
+            "prefix": {"type": "str", "default": "travis-"},
+            "project_dir": {"type": "path"},
+            "machine_folder": {"type": "path"},
+            "unit_prefix": {"type": "str", "default": "travis-worker"},
+            "vboxmanage": {"type": "path"},
+        },
+        supports_check_mode=True,
+    )
+    try:
+        result = Environment(module).run()
+    except (VBoxManageError, SystemctlError) as exc:
+        module.fail_json(**exc.fail_kwargs())
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
