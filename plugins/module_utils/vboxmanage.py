@@ -116,6 +116,17 @@ def parse_system_properties(text: str) -> dict[str, str]:
     return props
 
 
+def parse_human_info(text: str) -> dict[str, str]:
+    """Parse the human-readable ``VBoxManage showvminfo`` (``Key:   value``); the only form that names the
+    settings file of an inaccessible VM (the machine-readable form prints just its name and UUID)."""
+    info: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key and not key.startswith(" "):
+            info.setdefault(key.strip(), value.strip())
+    return info
+
+
 def snapshot_names(info: dict[str, str]) -> list[str]:
     """Snapshot names from a parsed ``showvminfo --machinereadable`` (``SnapshotName``, ``SnapshotName-1``)"""
     return [value for key, value in info.items() if key == "SnapshotName" or key.startswith("SnapshotName-")]
@@ -179,6 +190,13 @@ class VBoxManage:
     def show_vm_info(self, vm: str) -> dict[str, str]:
         _, out, _ = self.run(["showvminfo", vm, "--machinereadable"], f"show VM {vm}")
         return parse_machinereadable(out)
+
+    def config_file(self, vm: str) -> Optional[str]:
+        """The settings file (``.vbox``) of a VM, also of an inaccessible one (None if unknown)."""
+        rc, out, _ = self.run(["showvminfo", vm], f"show VM {vm}", check=False)
+        if rc != 0:
+            return None
+        return parse_human_info(out).get("Config file") or None
 
     def vm_state(self, vm: str) -> str:
         """``VMState`` of a VM (``running``, ``poweroff``, ``saved``, ``aborted``...)."""

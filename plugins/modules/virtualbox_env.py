@@ -135,6 +135,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.travis.worker.plugins.module_utils.systemctl import Systemctl, SystemctlError
 from ansible_collections.travis.worker.plugins.module_utils.vboxmanage import (
+    INACCESSIBLE,
     VBoxManage,
     VBoxManageError,
     VmEntry,
@@ -197,10 +198,12 @@ class Environment:
         except VBoxManageError:
             info = {}
         cfg = info.get("CfgFile", "")
-        entry["cfg_file"] = cfg
         entry["vm_state"] = info.get("VMState", "unknown")
-        if vm.inaccessible or info.get("accessible") == "off":
+        if vm.inaccessible or info.get("accessible") == "off" or info.get("name") == INACCESSIBLE:
             entry["inaccessible"] = True
+            cfg = cfg or self.vbox.config_file(vm.uuid) or ""
+        entry["cfg_file"] = cfg
+        if entry["inaccessible"]:
             entry["label"] = os.path.splitext(os.path.basename(cfg))[0] if cfg else vm.name
         else:
             entry["label"] = vm.name
