@@ -252,8 +252,8 @@ class BoxManager:
         p = self.p
         if not p["src"]:
             self.module.fail_json(
-                msg=f"box '{p['name']}' ({p['provider'] or 'any provider'}) is not installed and no 'src' was "
-                "given; set 'src' to the .box file or URL to add it from",
+                msg=f"box '{p['name']}' ({p['provider'] or 'any provider'}) is not installed and no "
+                "'src' was given; set 'src' to the .box file or URL to add it from",
                 error_kind="box_not_found",
             )
         path = local_path(p["src"])
@@ -267,8 +267,8 @@ class BoxManager:
             actual = self.src_digest(p["checksum_type"])
             if actual != p["checksum"].lower():
                 self.module.fail_json(
-                    msg=f"src '{path}' for box '{p['name']}' has {p['checksum_type']} {actual}, but 'checksum' "
-                    f"is {p['checksum']}; wrong file or stale checksum - fix one of them",
+                    msg=f"src '{path}' for box '{p['name']}' has {p['checksum_type']} {actual}, "
+                    f"but 'checksum' is {p['checksum']}; wrong file or stale checksum - fix one of them",
                     error_kind="checksum_mismatch",
                 )
 
@@ -301,7 +301,8 @@ class BoxManager:
             return False
         self.module.fail_json(
             msg=f"box '{box.name}' ({box.provider}, {box.version}) is installed from a different file "
-            f"({kind} {installed}) than 'checksum' ({digest}); set force: true to replace it, or fix 'checksum'",
+            f"({kind} {installed}) than 'checksum' ({digest}); set force: true to replace it, "
+            "or fix 'checksum'",
             error_kind="checksum_mismatch",
             boxes=[b._asdict() for b in self.before],
         )
@@ -431,8 +432,8 @@ def main() -> None:
         return
     except OSError as exc:
         module.fail_json(
-            msg=f"box '{module.params['name']}': {exc}; check permissions and free space of VAGRANT_HOME ({home}) "
-            "and of 'src'",
+            msg=f"box '{module.params['name']}': {exc}; check permissions and free space of "
+            f"VAGRANT_HOME ({home}) and of 'src'",
             error_kind="os_error",
         )
         return

@@ -1,4 +1,4 @@
-"""Unit tests of travis.worker.vagrant_vm: argv asserted against recorded vagrant --machine-readable output."""
+"""Unit tests of travis.worker.vagrant_vm: argv asserted against recorded ``vagrant --machine-readable``."""
 
 from __future__ import annotations
 
