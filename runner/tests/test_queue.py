@@ -1,0 +1,198 @@
+"""Queue against a real redis-server: resque keys, atomic moves, reaper (also concurrent), retry."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import redis
+from travis_worker.keys import Keys
+from travis_worker.queue import Queue, attempts_of, now_iso, parse_iso, queue_of
+
+K = Keys("resque")
+
+
+def make(client: redis.Redis, worker_id: str = "host:1:builds", max_attempts: int = 3) -> Queue:
+    return Queue(client, K, "builds", worker_id, max_attempts)
+
+
+def job(n: int) -> str:
+    return json.dumps({"class": "Travis::Worker", "args": [{"n": n}]})
+
+
+def test_push_and_take_are_resque_shaped(client: redis.Redis) -> None:
+    q = make(client)
+    q.register()
+    q.push(job(1))
+    assert client.smembers("resque:queues") == {"builds"}
+    assert client.lrange("resque:queue:builds", 0, -1) == [job(1)]
+    assert "host:1:builds" in client.smembers("resque:workers")
+    assert parse_iso(client.hget("resque:workers:heartbeat", "host:1:builds")) is not None
+    raw = q.take(1)
+    assert raw == job(1)
+    assert client.llen("resque:queue:builds") == 0
+    assert client.lrange("resque:processing:host:1:builds", 0, -1) == [raw]
+    q.start(raw, now_iso())
+    doc = json.loads(client.get("resque:worker:host:1:builds"))
+    assert doc["queue"] == "builds" and doc["payload"] == json.loads(job(1)) and doc["run_at"]
+    assert q.finish(raw, ["report"])
+    assert client.llen("resque:processing:host:1:builds") == 0
+    assert client.lrange("resque:travis:outbox:host:1:builds", 0, -1) == ["report"]
+    assert client.get("resque:stat:processed") == "1"
+    assert client.exists("resque:worker:host:1:builds") == 0
+
+
+def test_take_returns_held_job_first(client: redis.Redis) -> None:
+    q = make(client)
+    client.rpush("resque:processing:host:1:builds", job(9))
+    q.push(job(1))
+    assert q.take(1) == job(9)
+
+
+def test_take_times_out_empty(client: redis.Redis) -> None:
+    assert make(client).take(0.1) is None
+
+
+def test_fail_records_resque_fields(client: redis.Redis) -> None:
+    q = make(client)
+    q.push("not json{")
+    raw = q.take(1)
+    q.fail(raw, exception="PayloadError", error="payload: not JSON")
+    entry = json.loads(client.lindex("resque:failed", 0))
+    assert set(entry) == {"failed_at", "payload", "exception", "error", "backtrace", "worker", "queue"}
+    assert entry["payload"] == "not json{" and entry["error"] == "payload: not JSON"
+    assert entry["worker"] == "host:1:builds" and entry["queue"] == "builds"
+    assert client.get("resque:stat:failed") == "1"
+    assert client.llen("resque:processing:host:1:builds") == 0
+
+
+def test_give_back_counts_attempts_then_fails(client: redis.Redis) -> None:
+    q = make(client, max_attempts=2)
+    q.push(job(1))
+    raw = q.take(1)
+    assert q.give_back(raw, count_attempt=True, reason="sandbox reset failed: boom") == "requeued"
+    raw = client.lindex("resque:queue:builds", 0)
+    assert attempts_of(raw) == 1
+    raw = q.take(1)
+    assert q.give_back(raw, count_attempt=True, reason="sandbox reset failed: boom") == "failed"
+    entry = json.loads(client.lindex("resque:failed", 0))
+    assert "sandbox reset failed: boom" in entry["error"] and "max_attempts=2" in entry["error"]
+    assert client.llen("resque:queue:builds") == 0
+
+
+def test_give_back_without_count_goes_to_head(client: redis.Redis) -> None:
+    q = make(client)
+    q.push(job(1))
+    q.push(job(2))
+    raw = q.take(1)
+    q.give_back(raw, count_attempt=False, reason="stopping")
+    assert [json.loads(x)["args"][0]["n"] for x in client.lrange("resque:queue:builds", 0, -1)] == [1, 2]
+
+
+def test_reaper_requeues_at_head_and_moves_outbox(client: redis.Redis) -> None:
+    dead = make(client, "deadhost:42:builds")
+    dead.register()
+    dead.push(job(1))
+    dead.push(job(2))
+    raw = dead.take(1)
+    client.rpush("resque:travis:outbox:deadhost:42:builds", "r1", "r2")
+    client.hset("resque:workers:heartbeat", "deadhost:42:builds", now_iso(0))
+    live = make(client, "live:1:builds")
+    live.register()
+    client.rpush("resque:travis:outbox:live:1:builds", "mine")
+    assert live.reap(dead_after=5) == {"deadhost:42:builds": ["requeued"]}
+    head = client.lindex("resque:queue:builds", 0)
+    assert json.loads(head)["args"][0]["n"] == 1 and attempts_of(head) == 1
+    assert raw is not None
+    assert client.lrange("resque:travis:outbox:live:1:builds", 0, -1) == ["mine", "r1", "r2"]
+    assert "deadhost:42:builds" not in client.smembers("resque:workers")
+    assert not client.hexists("resque:workers:heartbeat", "deadhost:42:builds")
+    assert not client.exists(
+        "resque:processing:deadhost:42:builds", "resque:travis:outbox:deadhost:42:builds"
+    )
+
+
+def test_reaper_leaves_live_workers_alone(client: redis.Redis) -> None:
+    other = make(client, "other:2:builds")
+    other.register()
+    other.push(job(1))
+    other.take(1)
+    assert make(client, "me:1:builds").reap(dead_after=5) == {}
+    assert client.llen("resque:processing:other:2:builds") == 1
+
+
+def test_reaper_fails_after_max_attempts(client: redis.Redis) -> None:
+    dead = make(client, "dead:1:builds", max_attempts=3)
+    dead.register()
+    client.rpush("resque:processing:dead:1:builds", json.dumps({"class": "X", "args": [{}], "attempts": 2}))
+    client.hset("resque:workers:heartbeat", "dead:1:builds", now_iso(0))
+    assert make(client, "me:1:builds", max_attempts=3).reap(5) == {"dead:1:builds": ["failed"]}
+    entry = json.loads(client.lindex("resque:failed", 0))
+    assert entry["exception"] == "MaxAttemptsExceeded"
+    assert "worker dead:1:builds died" in entry["error"] and "3 of max_attempts=3" in entry["error"]
+    assert client.llen("resque:queue:builds") == 0
+
+
+def test_concurrent_reapers_requeue_each_job_once(client: redis.Redis) -> None:
+    for d in range(10):
+        wid = f"dead:{d}:builds"
+        client.rpush(f"resque:processing:{wid}", job(d))
+        client.rpush(f"resque:travis:outbox:{wid}", f"report-{d}")
+        client.hset("resque:workers:heartbeat", wid, now_iso(0))
+        client.sadd("resque:workers", wid)
+    reapers = [
+        make(redis.Redis(connection_pool=client.connection_pool), f"live:{i}:builds") for i in range(8)
+    ]
+    for reaper in reapers:
+        reaper.register()
+    barrier = threading.Barrier(len(reapers))
+
+    def go(q: Queue) -> None:
+        barrier.wait()
+        q.reap(5)
+
+    threads = [threading.Thread(target=go, args=(q,)) for q in reapers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    queued = sorted(json.loads(x)["args"][0]["n"] for x in client.lrange("resque:queue:builds", 0, -1))
+    assert queued == list(range(10))
+    reports = []
+    for i in range(8):
+        reports += client.lrange(f"resque:travis:outbox:live:{i}:builds", 0, -1)
+    assert sorted(reports) == sorted(f"report-{d}" for d in range(10))
+    assert client.smembers("resque:workers") == {f"live:{i}:builds" for i in range(8)}
+
+
+def test_retry_one_and_all(client: redis.Redis) -> None:
+    q = make(client)
+    for n in range(3):
+        client.rpush(
+            "resque:processing:host:1:builds", json.dumps({"class": "X", "args": [{"n": n}], "attempts": 3})
+        )
+    for raw in client.lrange("resque:processing:host:1:builds", 0, -1):
+        q.fail(raw, exception="E", error="e")
+    assert q.retry(1) == 1
+    assert [json.loads(x) for x in client.lrange("resque:queue:builds", 0, -1)] == [
+        {"class": "X", "args": [{"n": 1}]}
+    ]
+    assert client.llen("resque:failed") == 2
+    assert q.retry(None) == 2
+    assert client.llen("resque:failed") == 0 and client.llen("resque:queue:builds") == 3
+
+
+def test_unregister_keeps_leftovers_for_the_reaper(client: redis.Redis) -> None:
+    q = make(client)
+    q.register()
+    client.rpush("resque:travis:outbox:host:1:builds", "undelivered")
+    assert q.unregister() is False
+    assert parse_iso(client.hget("resque:workers:heartbeat", "host:1:builds")) == 0
+    client.delete("resque:travis:outbox:host:1:builds")
+    assert q.unregister() is True
+    assert not client.sismember("resque:workers", "host:1:builds")
+
+
+def test_queue_of_worker_id() -> None:
+    assert queue_of("box.example:123:builds.linux") == "builds.linux"
+    assert queue_of("h:1:a,b") == "a"
