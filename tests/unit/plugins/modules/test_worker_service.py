@@ -1,0 +1,242 @@
+"""worker_service: systemctl argv, graceful stop + wait, force/requeue, check mode and diff (systemd 252)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from ansible_collections.travis.worker.plugins.modules import worker_service
+from conftest import call
+
+SYSTEMCTL = "/usr/bin/systemctl"
+PROPS = "--property=Id,LoadState,ActiveState,SubState,MainPID,UnitFileState"
+W1, W2 = "travis-worker@worker-1.service", "travis-worker@worker-2.service"
+
+
+def show(*states: tuple[str, str]) -> Any:
+    """A `systemctl show` call for (unit, ActiveState) pairs, in the systemd 252 output format."""
+    sub = {"active": "running", "inactive": "dead", "deactivating": "stop-sigterm", "failed": "failed"}
+    load = {unit: ("not-found" if state == "not-found" else "loaded") for unit, state in states}
+    blocks = [
+        f"Id={unit}\nLoadState={load[unit]}\nActiveState={'inactive' if state == 'not-found' else state}\n"
+        f"SubState={sub.get(state, 'dead')}\nMainPID={4242 if state == 'active' else 0}\n"
+        "UnitFileState=enabled\n"
+        for unit, state in states
+    ]
+    return call([SYSTEMCTL, "show", PROPS, "--", *[u for u, _ in states]], stdout="\n".join(blocks))
+
+
+class FakeRedis:
+    """Stands in for redis-py's client in unit tests only (integration tests use a real redis-server)."""
+
+    data: dict[str, dict[str, str]] = {}
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> FakeRedis:
+        assert url == "redis://:s3cret@10.0.3.1:6390/0"
+        return cls()
+
+    def ping(self) -> bool:
+        return True
+
+    def hget(self, key: str, field: str) -> str | None:
+        return self.data.get(key, {}).get(field)
+
+
+@pytest.fixture
+def fake_redis(monkeypatch: pytest.MonkeyPatch) -> type[FakeRedis]:
+    FakeRedis.data = {
+        "resque:travis:vm_state": {
+            "worker-1": '{"state": "busy", "job_id": "4711", "since": 1700000000}',
+            "worker-2": '{"state": "idle", "job_id": null}',
+        }
+    }
+
+    class Module:
+        Redis = FakeRedis
+
+    monkeypatch.setattr(worker_service, "redis", Module, raising=False)
+    monkeypatch.setattr(worker_service, "HAS_REDIS", True)
+    return FakeRedis
+
+
+def test_stop_check_mode_predicts_and_diffs(run_module, fake_redis) -> None:
+    args = {
+        "name": ["worker-1", "worker-2"],
+        "state": "stopped",
+        "redis_url": "redis://:s3cret@10.0.3.1:6390/0",
+    }
+    result = run_module(
+        worker_service.main, args, [show((W1, "active"), (W2, "active"))], check_mode=True, diff=True
+    )
+    assert result["changed"] is True and "failed" not in result
+    assert result["state_source"] == "redis"
+    w1, w2 = result["workers"]
+    assert (w1["busy"], w1["job_id"], w1["state"], w1["previous_state"]) == (
+        True,
+        "4711",
+        "inactive",
+        "active",
+    )
+    assert (w2["busy"], w2["job_id"]) == (False, None)
+    assert result["diff"] == {
+        "before": f"{W1}: active\n{W2}: active\n",
+        "after": f"{W1}: inactive\n{W2}: inactive\n",
+    }
+
+
+def test_stop_waits_for_the_busy_worker(run_module, fake_redis) -> None:
+    args = {
+        "name": ["worker-1", "travis-worker@worker-2.service"],
+        "state": "stopped",
+        "poll_interval": 0.2,
+        "redis_url": "redis://:s3cret@10.0.3.1:6390/0",
+    }
+    calls = [
+        show((W1, "active"), (W2, "active")),
+        call([SYSTEMCTL, "stop", "--no-block", "--", W1, W2]),
+        show((W1, "deactivating"), (W2, "inactive")),
+        show((W1, "deactivating")),
+        show((W1, "inactive")),
+        show((W1, "inactive"), (W2, "inactive")),
+    ]
+    result = run_module(worker_service.main, args, calls, diff=True)
+    assert result["changed"] is True
+    w1, w2 = result["workers"]
+    assert w1["state"] == w2["state"] == "inactive"
+    assert w1["waited"] >= 0.3 and w2["waited"] < w1["waited"]
+    assert not w1["forced"] and not w1["requeued"]
+    assert result["diff"]["after"] == f"{W1}: inactive\n{W2}: inactive\n"
+
+
+def test_force_after_requeues_busy_job(run_module, fake_redis) -> None:
+    args = {
+        "name": ["worker-1", "worker-2"],
+        "state": "stopped",
+        "timeout": 30,
+        "force_after": 0,
+        "poll_interval": 0.1,
+        "redis_url": "redis://:s3cret@10.0.3.1:6390/0",
+    }
+    calls = [
+        show((W1, "active"), (W2, "active")),
+        call([SYSTEMCTL, "stop", "--no-block", "--", W1, W2]),
+        show((W1, "deactivating"), (W2, "deactivating")),
+        call([SYSTEMCTL, "kill", "--signal=SIGQUIT", "--kill-who=main", "--", W1, W2]),
+        show((W1, "inactive"), (W2, "inactive")),
+        show((W1, "inactive"), (W2, "inactive")),
+    ]
+    result = run_module(worker_service.main, args, calls)
+    w1, w2 = result["workers"]
+    assert w1["forced"] and w1["requeued"] and w1["job_id"] == "4711"
+    assert w2["forced"] and not w2["requeued"]
+
+
+def test_drain_timeout_fails_naming_worker_and_job(run_module, fake_redis) -> None:
+    args = {
+        "name": ["worker-1"],
+        "state": "drained",
+        "timeout": 0,
+        "redis_url": "redis://:s3cret@10.0.3.1:6390/0",
+    }
+    calls = [
+        show((W1, "active")),
+        call([SYSTEMCTL, "stop", "--no-block", "--", W1]),
+        show((W1, "deactivating")),
+    ]
+    result = run_module(worker_service.main, args, calls)
+    assert result["failed"] is True
+    assert "worker-1 (job 4711)" in result["msg"] and "force_after" in result["msg"]
+    assert result["workers"][0]["state"] == "deactivating"
+
+
+def test_without_redis_falls_back_to_unit_state(run_module, monkeypatch) -> None:
+    monkeypatch.setattr(worker_service, "HAS_REDIS", False)
+    args = {"name": ["worker-1"], "state": "stopped", "redis_url": "redis://localhost:6379/0"}
+    result = run_module(worker_service.main, args, [show((W1, "active"))], check_mode=True)
+    assert result["state_source"] == "systemd"
+    assert "redis library is not importable" in result["state_source_reason"]
+    assert result["workers"][0]["busy"] is True  # unit active: assumed busy
+
+
+def test_started_is_idempotent(run_module) -> None:
+    result = run_module(
+        worker_service.main, {"name": ["worker-1"], "state": "started"}, [show((W1, "active"))]
+    )
+    assert result["changed"] is False
+    assert result["workers"][0]["changed"] is False
+
+
+def test_started_starts_inactive(run_module) -> None:
+    calls = [
+        show((W1, "active"), (W2, "failed")),
+        call([SYSTEMCTL, "start", "--", W2]),
+        show((W2, "active")),
+    ]
+    result = run_module(worker_service.main, {"name": ["worker-1", "worker-2"], "state": "started"}, calls)
+    assert result["changed"] is True
+    assert [w["changed"] for w in result["workers"]] == [False, True]
+    assert result["workers"][1]["state"] == "active"
+
+
+def test_reloaded_reloads_active_and_starts_inactive(run_module) -> None:
+    calls = [
+        show((W1, "active"), (W2, "inactive")),
+        call([SYSTEMCTL, "reload", "--", W1]),
+        call([SYSTEMCTL, "start", "--", W2]),
+        show((W1, "active"), (W2, "active")),
+    ]
+    result = run_module(worker_service.main, {"name": ["worker-1", "worker-2"], "state": "reloaded"}, calls)
+    assert result["changed"] is True
+
+
+def test_all_discovers_known_and_enabled_instances(run_module) -> None:
+    w3, w4 = "travis-worker@worker-3.service", "travis-worker@worker-4.service"
+    calls = [
+        call(
+            [
+                SYSTEMCTL,
+                "list-units",
+                "--plain",
+                "--no-legend",
+                "--no-pager",
+                "--all",
+                "--",
+                "travis-worker@*.service",
+            ],
+            fixture="systemctl/list_units_workers",
+        ),
+        call(
+            [SYSTEMCTL, "show", "--property=Id,Wants", "--", "travis-worker.target"],
+            fixture="systemctl/show_target_wants",
+        ),
+        show((W1, "active"), (W2, "inactive"), (w3, "failed"), (w4, "inactive")),
+    ]
+    result = run_module(worker_service.main, {"name": ["all"], "state": "stopped"}, calls, check_mode=True)
+    assert [w["name"] for w in result["workers"]] == ["worker-1", "worker-2", "worker-3", "worker-4"]
+    assert [w["changed"] for w in result["workers"]] == [True, False, False, False]
+
+
+def test_unknown_unit_fails_with_remedy(run_module) -> None:
+    result = run_module(
+        worker_service.main,
+        {"name": ["worker-9"], "state": "started"},
+        [show(("travis-worker@worker-9.service", "not-found"))],
+    )
+    assert result["failed"] is True
+    assert "travis-worker@worker-9.service" in result["msg"] and "installed" in result["msg"]
+
+
+def test_drained_refuses_force_after(run_module) -> None:
+    result = run_module(worker_service.main, {"name": ["worker-1"], "state": "drained", "force_after": 5}, [])
+    assert result["failed"] is True and "state=stopped" in result["msg"]
+
+
+def test_systemctl_error_is_reported_not_raised(run_module) -> None:
+    calls = [
+        show((W1, "inactive")),
+        call([SYSTEMCTL, "start", "--", W1], rc=1, stderr="Job for travis-worker@worker-1.service failed.\n"),
+    ]
+    result = run_module(worker_service.main, {"name": ["worker-1"], "state": "started"}, calls)
+    assert result["failed"] is True and result["rc"] == 1
+    assert W1 in result["msg"] and "journalctl" in result["msg"]
