@@ -213,8 +213,20 @@ def parse_ssh_config(text: str) -> dict:
 
 
 def box_directory(vagrant_home: str, name: str, version: str, provider: str) -> str:
-    """The directory where Vagrant 2.3 unpacked box ``name`` ``version`` for ``provider``."""
-    return os.path.join(vagrant_home, "boxes", name.replace("/", "-VAGRANTSLASH-"), version, provider)
+    """The directory where Vagrant unpacked box ``name`` ``version`` for ``provider``.
+
+    Vagrant 2.3 uses ``boxes/NAME/VERSION/PROVIDER``; Vagrant >= 2.4 may add an architecture level
+    (``boxes/NAME/VERSION/ARCH/PROVIDER``), which is found if it exists.
+    """
+    version_dir = os.path.join(vagrant_home, "boxes", name.replace("/", "-VAGRANTSLASH-"), version)
+    direct = os.path.join(version_dir, provider)
+    if os.path.isdir(direct) or not os.path.isdir(version_dir):
+        return direct
+    for arch in sorted(os.listdir(version_dir)):
+        candidate = os.path.join(version_dir, arch, provider)
+        if os.path.isdir(candidate):
+            return candidate
+    return direct
 
 
 def default_vagrant_home() -> str:

@@ -205,12 +205,16 @@ def read_record(home: str, box: Box):
         return None
 
 
-def write_record(home: str, box: Box, record: dict) -> None:
+def write_record(home: str, box: Box, record: dict) -> bool:
+    """Write the record next to the unpacked box (atomically); False if the box directory is not found."""
     directory = box_directory(home, box.name, box.version, box.provider)
+    if not os.path.isdir(directory):
+        return False
     tmp = os.path.join(directory, f".{RECORD}.tmp")
     with open(tmp, "w", encoding="utf-8") as handle:
         json.dump(record, handle, indent=1, sort_keys=True)
     os.replace(tmp, os.path.join(directory, RECORD))
+    return True
 
 
 def box_lines(boxes: list, name: str) -> str:
@@ -367,7 +371,12 @@ class BoxManager:
             after = self.runner.box_list()
             new = [b for b in self.matches(after) if b not in self.before] or replace
             for box in new:
-                write_record(self.home, box, self.record())
+                if not write_record(self.home, box, self.record()):
+                    self.warnings.append(
+                        f"box '{box.name}' ({box.provider}, {box.version}) was added but its directory "
+                        f"was not found under {self.home}/boxes, so no {RECORD} was written "
+                        "(is vagrant_home right?)"
+                    )
         self.result["added"] = [b._asdict() for b in new]
         self.result["record"] = self.record()
         self.result["boxes"] = [b._asdict() for b in after]

@@ -14,11 +14,13 @@ Usage in a test::
 
 ``run_module(main, args, calls, check_mode=False, diff=False, missing_bins=(), bin_dir="/usr/bin")`` runs the
 module's ``main()`` with ``args``, replaces ``AnsibleModule.run_command`` by a fake that asserts each argv
-(a list, never a string) in order against ``calls`` and returns their recorded rc/stdout/stderr, makes
+(a list, never a string) in order against ``calls`` (elements may be ``unittest.mock.ANY``) and returns
+their recorded rc/stdout/stderr, makes
 ``get_bin_path(name)`` return ``f"{bin_dir}/{name}"`` (or None for names in ``missing_bins``), and returns the
 dict given to ``exit_json`` or ``fail_json`` (the latter with ``failed: True``). Any other exception (a
 traceback in the module) fails the test. Unused expected calls fail the test too. The fake's record of every
-call (argv, cwd, environ_update) is in ``result["_calls"]``.
+call (argv, cwd, environ_update) is in ``result["_calls"]``, ``module.warn()`` messages in
+``result["_warnings"]``.
 
 Fixtures (recorded command outputs) live in ``tests/unit/fixtures/<tool>/<name>.json`` as
 ``{"argv": [...], "rc": 0, "stdout": "...", "stderr": "...", "recorded": "<where it came from>"}``.
@@ -60,7 +62,8 @@ class Call:
     rc: int = 0
     stdout: str = ""
     stderr: str = ""
-    check: Optional[Callable[[dict], None]] = None  # extra assertions on the run_command kwargs
+    # extra assertions/side effects, called with {"argv": argv, **run_command kwargs}
+    check: Optional[Callable[[dict], None]] = None
 
 
 def call(
@@ -100,7 +103,7 @@ class FakeRunCommand:
         exp = self.expected.pop(0)
         assert args == exp.argv, f"argv mismatch:\n  got:      {args!r}\n  expected: {exp.argv!r}"
         if exp.check:
-            exp.check(kwargs)
+            exp.check({"argv": list(args), **kwargs})
         return exp.rc, exp.stdout, exp.stderr
 
 
@@ -123,6 +126,11 @@ def _run_module(
         kwargs.update(failed=True, msg=msg)
         raise ModuleExit(kwargs)
 
+    warnings: list = []
+
+    def warn(self, warning):
+        warnings.append(warning)
+
     def get_bin_path(self, arg, required=False, opt_dirs=None):
         return None if arg in missing_bins else f"{bin_dir}/{arg}"
 
@@ -133,6 +141,7 @@ def _run_module(
         mock.patch.object(basic.AnsibleModule, "exit_json", exit_json),
         mock.patch.object(basic.AnsibleModule, "fail_json", fail_json),
         mock.patch.object(basic.AnsibleModule, "get_bin_path", get_bin_path),
+        mock.patch.object(basic.AnsibleModule, "warn", warn),
     ):
         try:
             main()
@@ -142,6 +151,7 @@ def _run_module(
             raise AssertionError("module returned without exit_json/fail_json")
     assert not fake.expected, f"expected commands not run: {[c.argv for c in fake.expected]}"
     result["_calls"] = fake.seen
+    result["_warnings"] = warnings
     return result
 
 
