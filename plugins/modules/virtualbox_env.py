@@ -283,7 +283,6 @@ class Environment:
 
     def run(self) -> dict[str, Any]:
         state = self.params["state"]
-        folder = self.machine_folder()
         if state == "reset":
             running = self.running_workers()
             if running:
@@ -294,8 +293,10 @@ class Environment:
                     ),
                     running_services=running,
                 )
+            folder = self.machine_folder()
             plan = self.plan_reset(folder)
         else:
+            folder = self.machine_folder()
             plan = self.plan_clean(folder)
         removed = {
             "vms": [{"name": vm["label"], "uuid": vm["uuid"], "reason": vm["reason"]} for vm in plan["vms"]],
