@@ -464,49 +464,66 @@ class Exporter:
         work = tempfile.mkdtemp(prefix=".box_export-", dir=os.path.dirname(tmp_box))
         restarted = False
         try:
-            if was_running:
-                self.lxc_stop(container)
-            members = self.overlay(work, rootfs)
-            rootfs_tar = os.path.join(work, "rootfs.tar")
-            argv = [tar, "--numeric-owner", "--xattrs", "--xattrs-include=*", "-cf", rootfs_tar]
-            argv += [f"--exclude={pattern}" for pattern in ROOTFS_EXCLUDES]
-            # tar wants the rootfs as ./rootfs under its parent; a rootfs elsewhere is reached through a link.
-            parent = os.path.dirname(rootfs.rstrip("/"))
-            if os.path.basename(rootfs.rstrip("/")) != "rootfs":
-                parent = os.path.join(work, "src")
-                os.makedirs(parent)
-                os.symlink(rootfs, os.path.join(parent, "rootfs"))
-                argv += ["-h"]
-            argv += ["-C", parent, "./rootfs"]
-            self.cmd(
-                argv,
-                f"archiving the rootfs {rootfs} of machine '{self.p['name']}'",
-                "check free disk space next to path",
-            )
-            self.cmd(
-                [tar, "--numeric-owner", "-rf", rootfs_tar, "-C", os.path.join(work, "overlay"), *members],
-                f"adding the box files to the rootfs archive of machine '{self.p['name']}'",
-                "check free disk space next to path",
-            )
-        finally:
-            if was_running and self.p["restart"]:
-                self.lxc_start(container)
-                restarted = True
-        try:
+            try:
+                if was_running:
+                    self.lxc_stop(container)
+                rootfs_tar = self.archive_rootfs(tar, work, rootfs)
+            finally:
+                if was_running and self.p["restart"]:
+                    self.lxc_start(container)
+                    restarted = True
             self.cmd([gzip, "-f", rootfs_tar], "compressing rootfs.tar", "check free disk space next to path")
             with open(os.path.join(work, "metadata.json"), "w", encoding="utf-8") as handle:
                 json.dump({"provider": "lxc", "version": "1.0.0"}, handle)
                 handle.write("\n")
             with open(os.path.join(work, "lxc-config"), "w", encoding="utf-8") as handle:
                 handle.write(self.box_lxc_config(container_dir, config_text))
+            # The rootfs inside is compressed already: the outer gzip only has to be fast (as in the lab).
             self.cmd(
-                [tar, "-czf", tmp_box, "-C", work, "metadata.json", "lxc-config", "rootfs.tar.gz"],
+                [
+                    tar,
+                    "-I",
+                    "gzip -1",
+                    "-cf",
+                    tmp_box,
+                    "-C",
+                    work,
+                    "metadata.json",
+                    "lxc-config",
+                    "rootfs.tar.gz",
+                ],
                 f"writing the box file for machine '{self.p['name']}'",
                 "check free disk space next to path",
             )
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return {"halted": was_running, "restarted": restarted}
+
+    def archive_rootfs(self, tar: str, work: str, rootfs: str) -> str:
+        """rootfs.tar in ``work``: the rootfs without host-specific files, plus the overlay files."""
+        members = self.overlay(work, rootfs)
+        rootfs_tar = os.path.join(work, "rootfs.tar")
+        argv = [tar, "--numeric-owner", "--xattrs", "--xattrs-include=*", "-cf", rootfs_tar]
+        argv += [f"--exclude={pattern}" for pattern in ROOTFS_EXCLUDES]
+        # tar wants the rootfs as ./rootfs under its parent; a rootfs elsewhere is reached through a link.
+        parent = os.path.dirname(rootfs.rstrip("/"))
+        if os.path.basename(rootfs.rstrip("/")) != "rootfs":
+            parent = os.path.join(work, "src")
+            os.makedirs(parent)
+            os.symlink(rootfs, os.path.join(parent, "rootfs"))
+            argv += ["-h"]
+        argv += ["-C", parent, "./rootfs"]
+        self.cmd(
+            argv,
+            f"archiving the rootfs {rootfs} of machine '{self.p['name']}'",
+            "check free disk space next to path",
+        )
+        self.cmd(
+            [tar, "--numeric-owner", "-rf", rootfs_tar, "-C", os.path.join(work, "overlay"), *members],
+            f"adding the box files to the rootfs archive of machine '{self.p['name']}'",
+            "check free disk space next to path",
+        )
+        return rootfs_tar
 
     # ---- VirtualBox / libvirt ----------------------------------------------------------------------------
     def export_vagrant(self, provider: str, vm_id: str, tmp_box: str) -> dict[str, Any]:
