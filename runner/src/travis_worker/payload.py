@@ -33,7 +33,7 @@ _SLUG_PART = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}"
 _SLUG_RE = re.compile(rf"\A{_SLUG_PART}/(?:{_SLUG_PART}|\.[A-Za-z0-9_-][A-Za-z0-9_.-]{{0,98}})\Z")
 _COMMIT_RE = re.compile(r"\A[0-9a-fA-F]{7,40}\Z")
 _REF_CHARS_RE = re.compile(r"\A[A-Za-z0-9._/+@#,=%-]{1,255}\Z")
-_TOKEN_RE = re.compile(r"\A[A-Za-z0-9._-]{1,64}\Z")
+_TOKEN_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 _ENV_NAME_RE = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
 _URL_RE = re.compile(
     r"\A(?:(?:https?|git|ssh|file)://[^\s\x00-\x1f\x7f]+"  # URL with an allowed scheme
@@ -144,14 +144,16 @@ def validate_source_url(value: Any, path: str) -> Optional[str]:
     return url
 
 
-def _token(value: Any, path: str) -> Optional[str]:
+def _token(value: Any, path: str, *, numbers: bool = False) -> Optional[str]:
     if value is None:
         return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)
+    if numbers and isinstance(value, int) and not isinstance(value, bool):
+        value = str(_positive_int(value, path))
     text = _string(value, path)
     if not _TOKEN_RE.match(text):
-        raise PayloadError(f"{path}: {_show(text)} must be 1-64 letters, digits, '.', '_' or '-'")
+        raise PayloadError(
+            f"{path}: {_show(text)} must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
     return text
 
 
@@ -264,6 +266,8 @@ def _decode(raw: Union[bytes, str]) -> Any:
         return json.loads(raw, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
         raise PayloadError(f"payload: not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except PayloadError:
+        raise
     except RecursionError:
         raise PayloadError("payload: JSON nested too deeply") from None
     except ValueError as exc:  # e.g. an integer with too many digits
@@ -279,7 +283,7 @@ def parse_payload(payload: Any) -> Job:
     if "job" in payload:
         job = _mapping(payload["job"], "job")
         job_id = _positive_int(job.get("id"), "job.id")
-        number = _token(job.get("number"), "job.number")
+        number = _token(job.get("number"), "job.number", numbers=True)
         commit = validate_commit(job.get("commit"), "job.commit")
         branch = validate_branch(job.get("branch"), "job.branch")
         config = _config(payload.get("config"), "config")
@@ -288,7 +292,7 @@ def parse_payload(payload: Any) -> Job:
     elif "build" in payload:
         build = _mapping(payload["build"], "build")
         job_id = _positive_int(build.get("id"), "build.id")
-        number = _token(build.get("number"), "build.number")
+        number = _token(build.get("number"), "build.number", numbers=True)
         commit = validate_commit(build.get("commit"), "build.commit")
         branch = validate_branch(build.get("branch"), "build.branch")
         config = _config(build.get("config"), "build.config")
