@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from travis_worker.payload import Job, PayloadError, Timeouts, parse_job
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

@@ -152,7 +152,8 @@ def _token(value: Any, path: str, *, numbers: bool = False) -> Optional[str]:
     text = _string(value, path)
     if not _TOKEN_RE.match(text):
         raise PayloadError(
-            f"{path}: {_show(text)} must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+            f"{path}: {_show(text)} must be 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
         )
     return text
 
