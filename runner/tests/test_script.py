@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 import subprocess
 import tempfile
 from pathlib import Path
@@ -105,7 +106,8 @@ def test_environment_and_shell_state_carry_across_commands(repo: tuple[Path, str
             "test \"$DOLLAR\" = '$HOME'",
             'test "$(basename "$PWD")" = sub',
             'test "$FROM_BEFORE" = 1',
-            'test "$TRAVIS_REPO_SLUG" = owner/name && test "$TRAVIS_BRANCH" = master && test "$TRAVIS_JOB_ID" = 1',
+            'test "$TRAVIS_REPO_SLUG" = owner/name && test "$TRAVIS_BRANCH" = master',
+            'test "$TRAVIS_JOB_ID" = 1 && test "$TRAVIS_JOB_NUMBER" = 1.1',
         ],
     }
     code, out = run_script(job_for(repo[1], config), tmp_path)
@@ -196,7 +198,7 @@ def test_hostile_env_values_are_exported_literally(repo: tuple[Path, str], tmp_p
     marker = tmp_path / "pwned"
     values = hostile_values(marker)
     env = {f"V{i}": value for i, value in enumerate(values)}
-    checks = [f'test "$V{i}" = {__import__("shlex").quote(value)}' for i, value in enumerate(values)]
+    checks = [f'test "$V{i}" = {shlex.quote(value)}' for i, value in enumerate(values)]
     job = job_for(repo[1], {"env": env, "script": checks})
     code, out = run_script(job, tmp_path)
     assert code == EXIT_PASSED, out
