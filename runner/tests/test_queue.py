@@ -196,3 +196,14 @@ def test_unregister_keeps_leftovers_for_the_reaper(client: redis.Redis) -> None:
 def test_queue_of_worker_id() -> None:
     assert queue_of("box.example:123:builds.linux") == "builds.linux"
     assert queue_of("h:1:a,b") == "a"
+
+
+def test_give_back_after_being_reaped_does_not_duplicate(client: redis.Redis) -> None:
+    q = make(client, "slow:1:builds")
+    q.register()
+    q.push(job(1))
+    raw = q.take(1)
+    client.hset("resque:workers:heartbeat", "slow:1:builds", now_iso(0))
+    make(client, "live:2:builds").reap(5)  # the slow worker looked dead: its job was requeued
+    assert q.give_back(raw, count_attempt=False, reason="stopping") == "gone"
+    assert client.llen("resque:queue:builds") == 1

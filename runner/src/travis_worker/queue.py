@@ -176,14 +176,24 @@ class Queue:
     def give_back(self, raw: str, *, count_attempt: bool, reason: str) -> str:
         """Put a taken job back at the head of the queue (or into failed once max_attempts is reached).
 
-        Returns "requeued" or "failed"."""
+        Returns "requeued", "failed", or "gone" if the job was no longer ours (a reaper requeued it)."""
         attempts = attempts_of(raw) + (1 if count_attempt else 0)
-        pipe = self.r.pipeline(transaction=True)
-        pipe.lrem(self.keys.processing(self.worker_id), 1, raw)
-        outcome = self._requeue_or_fail(pipe, raw, attempts, reason, self.worker_id, self.queue)
-        pipe.delete(self.keys.worker(self.worker_id))
-        pipe.execute()
-        return outcome
+        processing = self.keys.processing(self.worker_id)
+        while True:
+            with self.r.pipeline(transaction=True) as pipe:
+                try:
+                    pipe.watch(processing)
+                    if pipe.lpos(processing, raw) is None:
+                        pipe.unwatch()
+                        return "gone"
+                    pipe.multi()
+                    pipe.lrem(processing, 1, raw)
+                    outcome = self._requeue_or_fail(pipe, raw, attempts, reason, self.worker_id, self.queue)
+                    pipe.delete(self.keys.worker(self.worker_id))
+                    pipe.execute()
+                    return outcome
+                except redis.WatchError:
+                    continue
 
     def _requeue_or_fail(
         self, pipe: Any, raw: str, attempts: int, reason: str, worker_id: str, queue: str
