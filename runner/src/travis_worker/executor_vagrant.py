@@ -1,0 +1,184 @@
+"""The Vagrant executors: the build script runs inside one machine of a Vagrant project over SSH.
+
+* ``virtualbox``: before each job the VM is powered off, snapshot ``sandbox`` restored (taken once when
+  missing) and started headless.
+* ``lxc``: vagrant-lxc has no snapshots: the machine is destroyed and brought up fresh from its box.
+
+SSH options come from ``vagrant ssh-config <vm>``. The remote script runs under ``setsid`` in its own
+process group whose id it writes to ``~/.travis-worker/pgid``; a limit or a cancel kills the local
+``ssh`` client and that remote group.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import tempfile
+import threading
+import time
+from typing import Callable, Optional
+
+from .executor import BuildResult, Limits, SandboxError, spawn_in_pty, stream_process
+from .vagrant import (
+    SANDBOX_SNAPSHOT,
+    CommandError,
+    Runner,
+    Vagrant,
+    VBoxManage,
+    cli_env,
+    parse_ssh_config,
+    run_cli,
+    virtualbox_id,
+)
+
+log = logging.getLogger(__name__)
+
+REMOTE_DIR = "$HOME/.travis-worker"
+_UPLOAD = f'mkdir -p "{REMOTE_DIR}" && rm -f "{REMOTE_DIR}/pgid" && cat > "{REMOTE_DIR}/build.sh"'
+_INNER = f'echo $$ > "{REMOTE_DIR}/pgid" && exec bash --noprofile --norc "{REMOTE_DIR}/build.sh"'
+REMOTE_RUN = f'cd "$HOME" && exec setsid -w bash -c {shlex.quote(_INNER)}'
+REMOTE_KILL = (
+    f'f="{REMOTE_DIR}/pgid"; for i in 1 2 3 4 5 6 7 8 9 10; do [ -s "$f" ] && break; sleep 0.1; done; '
+    'pg=$(cat "$f" 2>/dev/null) && kill -KILL -- "-$pg"'
+)
+SSH_OPTIONS = (
+    "-o",
+    "BatchMode=yes",
+    "-o",
+    "ConnectTimeout=10",
+    "-o",
+    "ServerAliveInterval=15",
+    "-o",
+    "ServerAliveCountMax=4",
+)
+
+
+class VagrantExecutor:
+    def __init__(
+        self,
+        provider: str,
+        *,
+        project_dir: str,
+        vm_name: str,
+        runner: Runner = run_cli,
+        ssh: str = "ssh",
+        state_dir: Optional[str] = None,
+        ready_timeout: float = 300.0,
+        spawn: Callable[..., tuple] = spawn_in_pty,
+    ) -> None:
+        if provider not in ("virtualbox", "lxc"):
+            raise ValueError(f"vms.provider: {provider!r} is not a Vagrant provider (virtualbox, lxc)")
+        self.provider = provider
+        self.project_dir = project_dir
+        self.vm_name = vm_name
+        self.runner = runner
+        self.ssh = ssh
+        self.state_dir = state_dir
+        self.ready_timeout = ready_timeout
+        self.spawn = spawn
+        self.vagrant = Vagrant(project_dir, runner=runner)
+        self.vbox = VBoxManage(runner=runner)
+        self._ssh_config: Optional[str] = None
+        self._host: Optional[str] = None
+
+    def __repr__(self) -> str:
+        return f"VagrantExecutor({self.provider}, {self.project_dir}, {self.vm_name})"
+
+    # --- sandbox reset ---------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        started = time.monotonic()
+        try:
+            if self.provider == "virtualbox":
+                self._reset_virtualbox()
+            else:
+                self._reset_lxc()
+            self._load_ssh_config()
+            self._wait_for_ssh()
+        except (CommandError, OSError) as exc:
+            raise SandboxError(
+                f"VM {self.vm_name} ({self.provider}, project {self.project_dir}): sandbox reset failed: "
+                f"{exc}"
+            ) from exc
+        log.info("VM %s reset (%s) in %.1f s", self.vm_name, self.provider, time.monotonic() - started)
+
+    def _reset_virtualbox(self) -> None:
+        uuid = virtualbox_id(self.project_dir, self.vm_name)
+        if SANDBOX_SNAPSHOT not in self.vbox.snapshots(uuid):
+            log.info("VM %s has no snapshot %r: taking it now", self.vm_name, SANDBOX_SNAPSHOT)
+            self.vbox.take_snapshot(uuid, SANDBOX_SNAPSHOT)
+        if self.vbox.state(uuid) in ("running", "paused", "stuck"):
+            self.vbox.poweroff(uuid)
+        self.vbox.restore_snapshot(uuid, SANDBOX_SNAPSHOT)
+        self.vbox.start_headless(uuid)
+
+    def _reset_lxc(self) -> None:
+        self.vagrant.destroy(self.vm_name)
+        self.vagrant.up(self.vm_name, "lxc")
+
+    def _load_ssh_config(self) -> None:
+        text = self.vagrant.ssh_config(self.vm_name)
+        hosts = parse_ssh_config(text)
+        host = self.vm_name if self.vm_name in hosts else next(iter(hosts), None)
+        if host is None or "hostname" not in hosts[host]:
+            raise SandboxError(
+                f"VM {self.vm_name} (project {self.project_dir}): `vagrant ssh-config {self.vm_name}` "
+                f"printed no Host with a HostName (is the VM running?): {text.strip()[:200]!r}"
+            )
+        if self.state_dir is None:
+            self.state_dir = tempfile.mkdtemp(prefix="travis-worker-ssh-")
+        path = os.path.join(self.state_dir, f"ssh-config-{self.vm_name}")
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        self._ssh_config, self._host = path, host
+
+    def _ssh_argv(self, *extra: str) -> list[str]:
+        assert self._ssh_config and self._host
+        return [self.ssh, "-F", self._ssh_config, *SSH_OPTIONS, *extra, self._host]
+
+    def _wait_for_ssh(self) -> None:
+        deadline = time.monotonic() + self.ready_timeout
+        while True:
+            done = self.runner([*self._ssh_argv(), "true"], timeout=30)
+            if done.returncode == 0:
+                return
+            if time.monotonic() >= deadline:
+                raise CommandError(done, f"SSH not ready after {self.ready_timeout:g} s")
+            time.sleep(1)
+
+    # --- the build -------------------------------------------------------------------------------
+
+    def run(
+        self,
+        script: str,
+        on_output: Callable[[bytes], None],
+        cancel: threading.Event,
+        limits: Limits,
+    ) -> BuildResult:
+        try:
+            if self._ssh_config is None:
+                self._load_ssh_config()
+            upload = self.runner([*self._ssh_argv(), _UPLOAD], timeout=120, input=script)
+            if upload.returncode != 0:
+                raise CommandError(upload, "uploading the build script")
+        except (CommandError, OSError, SandboxError) as exc:
+            reason = f"VM {self.vm_name}: {exc}"
+            on_output(f"\r\n{reason}\r\n".encode())
+            return BuildResult("errored", reason, None)
+        env = cli_env()
+        env["TERM"] = "xterm"
+        proc, master = self.spawn([*self._ssh_argv("-tt", "-q"), REMOTE_RUN], cwd=None, env=env)
+        result = stream_process(proc, master, on_output, cancel, limits, stop=self._kill_remote)
+        if result.exit_code == 255:
+            return BuildResult(
+                "errored", f"the SSH connection to VM {self.vm_name} failed (ssh exit 255)", 255
+            )
+        return result
+
+    def _kill_remote(self) -> None:
+        done = self.runner([*self._ssh_argv(), REMOTE_KILL], timeout=10)
+        if done.returncode != 0:
+            log.warning(
+                "VM %s: killing the remote build may have failed: %s", self.vm_name, CommandError(done)
+            )

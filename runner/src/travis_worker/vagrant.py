@@ -1,0 +1,184 @@
+"""Thin, testable wrappers around the ``vagrant``, ``VBoxManage`` and ``ssh`` command lines.
+
+Every call is an argv list (no shell), runs with ``LANG=C`` so the output we parse is not translated,
+and goes through a :data:`Runner` so unit tests can assert argv and replay recorded output.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+log = logging.getLogger(__name__)
+
+SANDBOX_SNAPSHOT = "sandbox"
+_NO_SNAPSHOTS = "does not have any snapshots"
+
+
+@dataclass(frozen=True)
+class Completed:
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+# Runner(argv, cwd=..., timeout=..., input=...) -> Completed
+Runner = Callable[..., Completed]
+
+
+class CommandError(RuntimeError):
+    """A CLI call failed; ``str(e)`` names the command, its status and the tail of its stderr."""
+
+    def __init__(self, completed: Completed, what: str = "") -> None:
+        tail = (completed.stderr or completed.stdout).strip().splitlines()[-5:]
+        detail = " | ".join(tail) if tail else "no output"
+        command = " ".join(completed.argv)
+        super().__init__(
+            f"{what + ': ' if what else ''}`{command}` exited with {completed.returncode}: {detail}"
+        )
+        self.completed = completed
+
+
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"LANG": "C", "LC_ALL": "C"})
+    return env
+
+
+def run_cli(
+    argv: list[str], *, cwd: Optional[str] = None, timeout: float = 600, input: Optional[str] = None
+) -> Completed:
+    """Run a command to completion; a missing binary or a timeout becomes a failed :class:`Completed`."""
+    log.debug("running %s (cwd=%s)", argv, cwd)
+    try:
+        done = subprocess.run(
+            argv,
+            cwd=cwd,
+            env=cli_env(),
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            stdin=None if input is not None else subprocess.DEVNULL,
+        )
+    except FileNotFoundError:
+        return Completed(argv, 127, "", f"{argv[0]}: command not found; is it installed and on PATH?")
+    except subprocess.TimeoutExpired as exc:
+        stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
+        return Completed(argv, 124, "", f"timed out after {timeout:g} s. {stderr}")
+    return Completed(argv, done.returncode, done.stdout, done.stderr)
+
+
+def parse_ssh_config(text: str) -> dict[str, dict[str, str]]:
+    """``vagrant ssh-config`` output -> {host: {lower-case option: value}} (first value wins, like ssh)."""
+    hosts: dict[str, dict[str, str]] = {}
+    current: Optional[dict[str, str]] = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.partition(" ")
+        key, value = key.lower(), value.strip().strip('"')
+        if key == "host":
+            current = hosts.setdefault(value, {})
+        elif current is not None:
+            current.setdefault(key, value)
+    return hosts
+
+
+def virtualbox_id(project_dir: str, vm_name: str) -> str:
+    """The VirtualBox machine UUID vagrant recorded for ``vm_name``."""
+    path = Path(project_dir) / ".vagrant" / "machines" / vm_name / "virtualbox" / "id"
+    try:
+        uuid = path.read_text().strip()
+    except OSError as exc:
+        raise FileNotFoundError(
+            f"no VirtualBox id for VM {vm_name!r} at {path} ({exc.strerror}); run `vagrant up {vm_name}` "
+            f"in {project_dir} first"
+        ) from None
+    if not uuid:
+        raise FileNotFoundError(f"{path} is empty; run `vagrant up {vm_name}` in {project_dir}")
+    return uuid
+
+
+def parse_machinereadable(text: str) -> dict[str, str]:
+    """``key="value"`` lines of VBoxManage --machinereadable output."""
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            values[key.strip().strip('"')] = value.strip().strip('"')
+    return values
+
+
+class Vagrant:
+    """``vagrant`` commands run in the Vagrantfile's directory."""
+
+    def __init__(self, project_dir: str, *, runner: Runner = run_cli, binary: str = "vagrant") -> None:
+        self.project_dir = project_dir
+        self.runner = runner
+        self.binary = binary
+
+    def _run(self, *args: str, timeout: float = 900) -> Completed:
+        done = self.runner([self.binary, *args], cwd=self.project_dir, timeout=timeout)
+        if done.returncode != 0:
+            raise CommandError(done)
+        return done
+
+    def ssh_config(self, vm_name: str) -> str:
+        return self._run("ssh-config", vm_name, timeout=120).stdout
+
+    def destroy(self, vm_name: str) -> None:
+        self._run("destroy", "-f", vm_name)
+
+    def up(self, vm_name: str, provider: str) -> None:
+        self._run("up", vm_name, f"--provider={provider}")
+
+
+class VBoxManage:
+    """The few ``VBoxManage`` commands of a snapshot reset."""
+
+    def __init__(self, *, runner: Runner = run_cli, binary: str = "VBoxManage") -> None:
+        self.runner = runner
+        self.binary = binary
+
+    def _run(self, *args: str, timeout: float = 300) -> Completed:
+        done = self.runner([self.binary, *args], timeout=timeout)
+        if done.returncode != 0:
+            raise CommandError(done)
+        return done
+
+    def state(self, uuid: str) -> str:
+        """``VMState`` of ``showvminfo``: running, paused, saved, poweroff, aborted, ..."""
+        return parse_machinereadable(self._run("showvminfo", uuid, "--machinereadable").stdout).get(
+            "VMState", ""
+        )
+
+    def snapshots(self, uuid: str) -> list[str]:
+        done = self.runner([self.binary, "snapshot", uuid, "list", "--machinereadable"], timeout=120)
+        if done.returncode != 0:
+            if _NO_SNAPSHOTS in done.stdout + done.stderr:
+                return []
+            raise CommandError(done)
+        values = parse_machinereadable(done.stdout)
+        return [
+            value for key, value in values.items() if key == "SnapshotName" or key.startswith("SnapshotName-")
+        ]
+
+    def take_snapshot(self, uuid: str, name: str) -> None:
+        self._run("snapshot", uuid, "take", name, timeout=900)
+
+    def poweroff(self, uuid: str) -> None:
+        self._run("controlvm", uuid, "poweroff")
+
+    def restore_snapshot(self, uuid: str, name: str) -> None:
+        self._run("snapshot", uuid, "restore", name, timeout=900)
+
+    def start_headless(self, uuid: str) -> None:
+        self._run("startvm", uuid, "--type", "headless")
