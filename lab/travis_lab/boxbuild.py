@@ -46,7 +46,13 @@ BOX_PACKAGES = (
 )
 VAGRANT_PUBKEY = Path("/usr/share/rubygems-integration/all/gems/vagrant-2.3.4/keys/vagrant.pub")
 MIN_FREE_BYTES = 3 * 1024**3
-LXC_CONFIG = "lxc.include = /usr/share/lxc/config/debian.common.conf\nlxc.arch = {arch}\n"
+# common.conf ships with lxc itself (liblxc-common); debian.common.conf would need lxc-templates.
+LXC_CONFIG = (
+    "lxc.include = /usr/share/lxc/config/common.conf\n"
+    "lxc.tty.dir =\n"
+    "lxc.cgroup.devices.allow = c 10:200 rwm\n"
+    "lxc.arch = {arch}\n"
+)
 ROOTFS = "rootfs.tar.gz"
 
 

@@ -34,7 +34,9 @@ INNER_SUBNET = "10.0.4.0/24"
 
 CONFIG = """\
 # Written by travis-lab ({name}): a worker box container that can run nested LXC (Vagrant-LXC).
-lxc.include = /usr/share/lxc/config/debian.common.conf
+lxc.include = /usr/share/lxc/config/common.conf
+lxc.tty.dir =
+lxc.cgroup.devices.allow = c 10:200 rwm
 lxc.include = /usr/share/lxc/config/nesting.conf
 lxc.arch = {arch}
 lxc.rootfs.path = dir:{rootfs}
@@ -229,6 +231,9 @@ def _seed_rootfs(rootfs: Path, name: str, pubkey: str) -> None:
     link = wants / "twlab-cgroup-fix.service"
     if not link.is_symlink():
         link.symlink_to("/etc/systemd/system/twlab-cgroup-fix.service")
+    dropin = units / "lxc-net.service.d"
+    dropin.mkdir(parents=True, exist_ok=True)
+    (dropin / "twlab-nested.conf").write_text(_data("lxc-net-nested.conf"))
     (rootfs / "etc/default").mkdir(parents=True, exist_ok=True)
     (rootfs / "etc/default/lxc-net").write_text(_data("lxc-net.default"))
     (rootfs / "etc/apt/apt.conf.d/90twlab-confold").write_text(_data("apt-confold.conf"))

@@ -22,7 +22,8 @@ def check_name(name: str, prefix: str | None = None) -> None:
     prefixes = (prefix,) if prefix else ALLOWED_PREFIXES
     if not name.startswith(prefixes):
         raise ValueError(f"refusing container name {name!r}: lab names must start with one of {prefixes}")
-    if len(name) <= len(min(prefixes, key=len)) or not all(c.isalnum() or c in "-_." for c in name):
+    matched = next(p for p in prefixes if name.startswith(p))
+    if len(name) == len(matched) or not all(c.isalnum() or c in "-_." for c in name):
         raise ValueError(
             f"refusing container name {name!r}: use letters, digits, '-', '_' and '.' after the prefix"
         )
