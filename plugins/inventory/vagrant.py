@@ -166,13 +166,14 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
         if not names:
             return {}
         try:
-            return runner.ssh_config(names)
+            configs = runner.ssh_config(names)
+            return {name: configs[name] for name in names if name in configs}
         except VagrantError:
             pass
         configs = {}
         for name in names:
             try:
-                configs.update(runner.ssh_config([name]))
+                configs.update({k: v for k, v in runner.ssh_config([name]).items() if k == name})
             except VagrantError as exc:
                 display.warning(f"travis.worker.vagrant: no SSH details for machine '{name}': {exc.msg}")
         return configs

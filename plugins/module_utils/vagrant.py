@@ -314,7 +314,7 @@ def classify(rc, stdout: str, stderr: str, cmd, machine=None, box=None) -> Vagra
         return err(
             "no_vagrantfile", "no Vagrantfile found in 'project_dir' or its parents; check project_dir"
         )
-    if cls == "Vagrant::Errors::SSHNotReady":
+    if cls == "Vagrant::Errors::SSHNotReady" or "not yet ready for SSH" in text:
         return err("ssh_not_ready", f"{what} is not running or not reachable over SSH; start it first")
     if "Vagrant could not detect VirtualBox" in text:
         return err("provider_unusable", f"{what}: VirtualBox is not installed or VBoxManage is not on PATH")
@@ -384,7 +384,8 @@ class VagrantRunner:
         env = {"VAGRANT_DEFAULT_PROVIDER": provider} if provider else None
         machine = names[0] if len(names) == 1 else None
         result = self.run(["status", *names], machine=machine, env=env)
-        return parse_status(result.lines)
+        machines = parse_status(result.lines)
+        return [m for m in machines if m.name in names] if names else machines
 
     def box_list(self) -> list:
         return parse_box_list(self.run(["box", "list"]).lines)

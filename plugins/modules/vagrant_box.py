@@ -364,6 +364,7 @@ class BoxManager:
             return
         self.add(replace=bool(replace))
         self.result["changed"] = True
+        record = self.record()
         if self.module.check_mode:
             new = replace or [Box(p["name"], p["provider"] or "unknown", p["version"] or "0")]
             after = self.before + [b for b in new if b not in self.before]
@@ -371,14 +372,14 @@ class BoxManager:
             after = self.runner.box_list()
             new = [b for b in self.matches(after) if b not in self.before] or replace
             for box in new:
-                if not write_record(self.home, box, self.record()):
+                if not write_record(self.home, box, record):
                     self.warnings.append(
                         f"box '{box.name}' ({box.provider}, {box.version}) was added but its directory "
                         f"was not found under {self.home}/boxes, so no {RECORD} was written "
                         "(is vagrant_home right?)"
                     )
         self.result["added"] = [b._asdict() for b in new]
-        self.result["record"] = self.record()
+        self.result["record"] = record
         self.result["boxes"] = [b._asdict() for b in after]
 
     def absent(self) -> None:

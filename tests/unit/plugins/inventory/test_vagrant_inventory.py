@@ -172,3 +172,41 @@ def test_helpers():
         "ansible_port": 22,
         "ansible_user": "vagrant",
     }
+
+
+def test_recorded_lxc_project(tmp_path, fake_vagrant):
+    """Real vagrant-lxc recordings: worker-1 stopped, worker-2 and worker-3 running."""
+    script, _ = fake_vagrant(
+        [
+            (["status", "--machine-readable"], "lxc_status_after_halt"),
+            (["ssh-config", "worker-2", "worker-3"], "lxc_ssh_config_3"),
+        ]
+    )
+    proc = run_inventory(tmp_path, {"vagrant_binary": str(script)})
+    assert proc.returncode == 0, proc.stderr
+    inv = json.loads(proc.stdout)
+    hostvars = plain(inv["_meta"]["hostvars"])
+    assert hostvars["worker-2"]["ansible_host"] == "10.0.3.81"
+    assert hostvars["worker-3"]["ansible_port"] == 22
+    assert hostvars["worker-3"]["ansible_ssh_private_key_file"].endswith("/worker-3/lxc/private_key")
+    assert "ansible_host" not in hostvars["worker-1"]
+    assert inv["vagrant_state_stopped"]["hosts"] == ["worker-1"]
+    assert sorted(inv["vagrant_state_running"]["hosts"]) == ["worker-2", "worker-3"]
+
+
+def test_ssh_config_failure_falls_back_per_machine(tmp_path, fake_vagrant):
+    """One machine not ready for SSH (recorded error) does not hide the others."""
+    script, _ = fake_vagrant(
+        [
+            (["status", "--machine-readable"], "vbox_status_all_running"),
+            (["ssh-config", "worker-1"], "vbox_ssh_config_worker1"),
+            (["ssh-config", "worker-2"], "lxc_ssh_config_stopped"),
+        ]
+    )
+    proc = run_inventory(tmp_path, {"vagrant_binary": str(script), "running_only": True})
+    assert proc.returncode == 0, proc.stderr
+    hostvars = plain(json.loads(proc.stdout)["_meta"]["hostvars"])
+    assert hostvars["worker-1"]["ansible_port"] == 2222
+    assert "ansible_host" not in hostvars["worker-2"]
+    assert "no SSH details for machine 'worker-2'" in proc.stderr
+    assert "not running or not reachable over SSH" in proc.stderr

@@ -312,3 +312,51 @@ def test_vagrant_home_is_passed(run_module, project, tmp_path):
         [status("vbox_status_all_running")],
     )
     assert result["_calls"][0]["environ_update"]["VAGRANT_HOME"] == str(home)
+
+
+def test_lxc_recorded_lifecycle_halt_provision_destroy(run_module, project):
+    """Real vagrant-lxc recordings: halt worker-1, provision worker-2, destroy worker-3."""
+    halt = run_module(
+        vagrant_vm.main,
+        {"project_dir": str(project), "name": "worker-1", "state": "halted"},
+        [
+            status("lxc_status_running"),
+            call([V, "halt", "worker-1", MR], fixture="vagrant/lxc_halt_worker1"),
+            call([V, "status", "worker-1", MR], fixture="vagrant/lxc_status_after_halt"),
+        ],
+        diff=True,
+    )
+    assert halt["changed"] is True
+    assert halt["diff"] == {"before": "worker-1: running (lxc)\n", "after": "worker-1: stopped (lxc)\n"}
+    again = run_module(
+        vagrant_vm.main,
+        {"project_dir": str(project), "name": "worker-1", "state": "halted"},
+        [status("lxc_status_after_halt")],
+    )
+    assert again["changed"] is False
+
+    _sentinel(project, "worker-2", "lxc", "twt-rec-worker-2", "")
+    prov = run_module(
+        vagrant_vm.main,
+        {"project_dir": str(project), "name": "worker-2", "state": "provisioned"},
+        [
+            status("lxc_status_after_halt"),
+            call([V, "provision", "worker-2", MR], fixture="vagrant/lxc_provision_worker2"),
+            call([V, "status", "worker-2", MR], fixture="vagrant/lxc_status_after_halt"),
+        ],
+    )
+    assert (
+        prov["changed"] is True and prov["machines"][1:] == [] and prov["machines"][0]["state"] == "running"
+    )
+
+    destroy = run_module(
+        vagrant_vm.main,
+        {"project_dir": str(project), "name": "worker-3", "state": "absent"},
+        [
+            status("lxc_status_after_halt"),
+            call([V, "destroy", "--force", "worker-3", MR], fixture="vagrant/lxc_destroy_worker3"),
+            call([V, "status", "worker-3", MR], fixture="vagrant/lxc_status_final"),
+        ],
+    )
+    assert destroy["changed"] is True
+    assert {m["name"]: m["state"] for m in destroy["machines"]}["worker-3"] == "not_created"
