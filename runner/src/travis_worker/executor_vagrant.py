@@ -38,10 +38,11 @@ REMOTE_DIR = "$HOME/.travis-worker"
 _UPLOAD = f'mkdir -p "{REMOTE_DIR}" && rm -f "{REMOTE_DIR}/pgid" && cat > "{REMOTE_DIR}/build.sh"'
 _INNER = f'echo $$ > "{REMOTE_DIR}/pgid" && exec bash --noprofile --norc "{REMOTE_DIR}/build.sh"'
 REMOTE_RUN = f'cd "$HOME" && exec setsid -w bash -c {shlex.quote(_INNER)}'
-REMOTE_KILL = (
+_KILL = (
     f'f="{REMOTE_DIR}/pgid"; for i in 1 2 3 4 5 6 7 8 9 10; do [ -s "$f" ] && break; sleep 0.1; done; '
     'pg=$(cat "$f" 2>/dev/null) && kill -KILL -- "-$pg"'
 )
+REMOTE_KILL = f"exec bash -c {shlex.quote(_KILL)}"  # bash: dash's kill takes no process-group "--"
 SSH_OPTIONS = (
     "-o",
     "BatchMode=yes",

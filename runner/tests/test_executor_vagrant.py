@@ -1,0 +1,361 @@
+"""Vagrant executor unit tests: argv asserted against recorded vagrant/VBoxManage output."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+import pytest
+from travis_worker.executor import Limits, SandboxError, make_executor, spawn_in_pty
+from travis_worker.executor_vagrant import REMOTE_KILL, REMOTE_RUN, VagrantExecutor
+from travis_worker.vagrant import CommandError, Completed, cli_env, parse_ssh_config, run_cli
+
+FIXTURES = Path(__file__).parent / "fixtures" / "vagrant"
+UUID = "7d1c8f5e-4b2a-4c19-9a77-3e0f2b6d9c01"
+ROOMY = Limits(60, 30, 10**6)
+
+
+def fixture(name: str) -> str:
+    return (FIXTURES / name).read_text()
+
+
+class FakeRunner:
+    """Replays (argv, Completed) pairs in order and fails the test on any unexpected call."""
+
+    def __init__(self, script: list[tuple[list[str], int, str, str]]) -> None:
+        self.script = list(script)
+        self.calls: list[dict] = []
+
+    def __call__(
+        self, argv: list[str], *, cwd: Optional[str] = None, timeout: float = 0, input: Optional[str] = None
+    ) -> Completed:
+        self.calls.append({"argv": argv, "cwd": cwd, "input": input})
+        assert self.script, f"unexpected call {argv}"
+        expected, code, out, err = self.script.pop(0)
+        assert argv[: len(expected)] == expected, (argv, expected)
+        return Completed(argv, code, out, err)
+
+
+def project_dir(tmp_path: Path) -> Path:
+    machine = tmp_path / ".vagrant" / "machines" / "worker-1" / "virtualbox"
+    machine.mkdir(parents=True)
+    (machine / "id").write_text(UUID)
+    return tmp_path
+
+
+SSH_CONFIG = (["vagrant", "ssh-config", "worker-1"], 0, fixture("vagrant_ssh_config_virtualbox.txt"), "")
+
+
+def ssh_ready(tmp_path: Path) -> tuple[list[str], int, str, str]:
+    return (["ssh", "-F", str(tmp_path / "state" / "ssh-config-worker-1")], 0, "", "")
+
+
+def executor(tmp_path: Path, runner: FakeRunner, provider: str = "virtualbox", **kw) -> VagrantExecutor:
+    (tmp_path / "state").mkdir(exist_ok=True)
+    return VagrantExecutor(
+        provider,
+        project_dir=str(tmp_path),
+        vm_name="worker-1",
+        runner=runner,
+        state_dir=str(tmp_path / "state"),
+        ready_timeout=0,
+        **kw,
+    )
+
+
+def test_virtualbox_prepare_restores_the_sandbox_snapshot(tmp_path: Path) -> None:
+    project_dir(tmp_path)
+    runner = FakeRunner(
+        [
+            (
+                ["VBoxManage", "snapshot", UUID, "list", "--machinereadable"],
+                0,
+                fixture("vboxmanage_snapshot_list_sandbox.txt"),
+                "",
+            ),
+            (
+                ["VBoxManage", "showvminfo", UUID, "--machinereadable"],
+                0,
+                fixture("vboxmanage_showvminfo_running.txt"),
+                "",
+            ),
+            (["VBoxManage", "controlvm", UUID, "poweroff"], 0, "", "0%...100%\n"),
+            (["VBoxManage", "snapshot", UUID, "restore", "sandbox"], 0, "", "Restoring snapshot 'sandbox'\n"),
+            (
+                ["VBoxManage", "startvm", UUID, "--type", "headless"],
+                0,
+                'VM "x" has been successfully started.\n',
+                "",
+            ),
+            SSH_CONFIG,
+            ssh_ready(tmp_path),
+        ]
+    )
+    executor(tmp_path, runner).prepare()
+    argvs = [call["argv"] for call in runner.calls]
+    assert argvs[:5] == [
+        ["VBoxManage", "snapshot", UUID, "list", "--machinereadable"],
+        ["VBoxManage", "showvminfo", UUID, "--machinereadable"],
+        ["VBoxManage", "controlvm", UUID, "poweroff"],
+        ["VBoxManage", "snapshot", UUID, "restore", "sandbox"],
+        ["VBoxManage", "startvm", UUID, "--type", "headless"],
+    ]
+    assert runner.calls[5]["cwd"] == str(tmp_path)
+    config = tmp_path / "state" / "ssh-config-worker-1"
+    assert argvs[6] == [
+        "ssh",
+        "-F",
+        str(config),
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ConnectTimeout=10",
+        "-o",
+        "ServerAliveInterval=15",
+        "-o",
+        "ServerAliveCountMax=4",
+        "worker-1",
+        "true",
+    ]
+    assert config.read_text() == fixture("vagrant_ssh_config_virtualbox.txt")
+    assert not runner.script
+
+
+@pytest.mark.parametrize(
+    "listing", ["vboxmanage_snapshot_list_none.txt", "vboxmanage_snapshot_list_other.txt"]
+)
+def test_virtualbox_prepare_takes_the_snapshot_once_when_missing(tmp_path: Path, listing: str) -> None:
+    project_dir(tmp_path)
+    code = 1 if "none" in listing else 0
+    runner = FakeRunner(
+        [
+            (["VBoxManage", "snapshot", UUID, "list", "--machinereadable"], code, fixture(listing), ""),
+            (
+                ["VBoxManage", "snapshot", UUID, "take", "sandbox"],
+                0,
+                "0%...100%\nSnapshot taken. UUID: x\n",
+                "",
+            ),
+            (
+                ["VBoxManage", "showvminfo", UUID, "--machinereadable"],
+                0,
+                fixture("vboxmanage_showvminfo_poweroff.txt"),
+                "",
+            ),
+            (["VBoxManage", "snapshot", UUID, "restore", "sandbox"], 0, "", ""),
+            (["VBoxManage", "startvm", UUID, "--type", "headless"], 0, "", ""),
+            SSH_CONFIG,
+            ssh_ready(tmp_path),
+        ]
+    )
+    executor(tmp_path, runner).prepare()
+    argvs = [call["argv"][:5] for call in runner.calls]
+    assert ["VBoxManage", "snapshot", UUID, "take", "sandbox"] in argvs
+    assert ["VBoxManage", "controlvm", UUID, "poweroff"] not in argvs  # already powered off
+    assert not runner.script
+
+
+def test_virtualbox_failure_is_a_sandbox_error_naming_vm_and_stderr(tmp_path: Path) -> None:
+    project_dir(tmp_path)
+    runner = FakeRunner(
+        [(["VBoxManage", "snapshot", UUID, "list"], 1, "", fixture("vboxmanage_error_not_found.txt"))]
+    )
+    with pytest.raises(SandboxError) as info:
+        executor(tmp_path, runner).prepare()
+    message = str(info.value)
+    assert "VM worker-1" in message and "virtualbox" in message
+    assert f"VBoxManage snapshot {UUID} list --machinereadable" in message
+    assert "Could not find a registered machine" in message
+
+
+def test_virtualbox_without_vagrant_id_tells_to_run_vagrant_up(tmp_path: Path) -> None:
+    with pytest.raises(SandboxError, match=r"no VirtualBox id for VM 'worker-1'.*vagrant up worker-1"):
+        executor(tmp_path, FakeRunner([])).prepare()
+
+
+def test_lxc_prepare_destroys_and_brings_the_machine_up_fresh(tmp_path: Path) -> None:
+    runner = FakeRunner(
+        [
+            (["vagrant", "destroy", "-f", "worker-1"], 0, "==> worker-1: Destroying...\n", ""),
+            (["vagrant", "up", "worker-1", "--provider=lxc"], 0, "==> worker-1: Machine booted\n", ""),
+            SSH_CONFIG,
+            ssh_ready(tmp_path),
+        ]
+    )
+    executor(tmp_path, runner, provider="lxc").prepare()
+    assert [c["argv"] for c in runner.calls[:2]] == [
+        ["vagrant", "destroy", "-f", "worker-1"],
+        ["vagrant", "up", "worker-1", "--provider=lxc"],
+    ]
+    assert all(c["cwd"] == str(tmp_path) for c in runner.calls[:3])
+
+
+def test_lxc_up_failure_is_a_sandbox_error(tmp_path: Path) -> None:
+    runner = FakeRunner(
+        [
+            (["vagrant", "destroy", "-f", "worker-1"], 0, "", ""),
+            (
+                ["vagrant", "up", "worker-1", "--provider=lxc"],
+                1,
+                "",
+                "The box 'twlab/debian12' could not be found.\n",
+            ),
+        ]
+    )
+    with pytest.raises(
+        SandboxError, match=r"VM worker-1 \(lxc.*vagrant up worker-1 --provider=lxc.*could not be found"
+    ):
+        executor(tmp_path, runner, provider="lxc").prepare()
+
+
+def test_ssh_not_ready_is_a_sandbox_error(tmp_path: Path) -> None:
+    runner = FakeRunner(
+        [
+            (["vagrant", "destroy"], 0, "", ""),
+            (["vagrant", "up"], 0, "", ""),
+            SSH_CONFIG,
+            (["ssh"], 255, "", "ssh: connect to host 127.0.0.1 port 2222: Connection refused\n"),
+        ]
+    )
+    with pytest.raises(SandboxError, match="SSH not ready.*Connection refused"):
+        executor(tmp_path, runner, provider="lxc").prepare()
+
+
+def test_ssh_config_without_host_is_a_sandbox_error(tmp_path: Path) -> None:
+    runner = FakeRunner(
+        [
+            (["vagrant", "destroy"], 0, "", ""),
+            (["vagrant", "up"], 0, "", ""),
+            (["vagrant", "ssh-config"], 0, "\n", ""),
+        ]
+    )
+    with pytest.raises(SandboxError, match="no Host with a HostName"):
+        executor(tmp_path, runner, provider="lxc").prepare()
+
+
+def test_parse_ssh_config() -> None:
+    hosts = parse_ssh_config(fixture("vagrant_ssh_config_virtualbox.txt"))
+    assert hosts["worker-1"]["hostname"] == "127.0.0.1"
+    assert hosts["worker-1"]["port"] == "2222"
+    assert hosts["worker-1"]["identityfile"].endswith("virtualbox/private_key")
+
+
+def test_run_cli_uses_lang_c_and_reports_missing_binaries() -> None:
+    done = run_cli(["sh", "-c", 'echo "$LANG $LC_ALL"'])
+    assert (done.returncode, done.stdout) == (0, "C C\n")
+    missing = run_cli(["twt-no-such-binary"])
+    assert missing.returncode == 127 and "not found" in missing.stderr
+    assert "twt-no-such-binary" in str(CommandError(missing))
+    assert cli_env()["LANG"] == "C"
+
+
+# --- run(): the ssh client is replaced by local bash, argv asserted --------------------------------
+
+
+class LocalSsh:
+    """spawn() stand-in: records the ssh argv and runs the uploaded script locally instead."""
+
+    def __init__(self, script_path: Path) -> None:
+        self.script_path = script_path
+        self.argv: list[str] = []
+
+    def __call__(self, argv: list[str], *, cwd: Optional[str], env: dict[str, str]):
+        self.argv = argv
+        return spawn_in_pty(["bash", str(self.script_path)], cwd=cwd, env=env)
+
+
+def run_with(tmp_path: Path, script: str, cancel: Optional[threading.Event] = None, limits: Limits = ROOMY):
+    uploaded = tmp_path / "uploaded.sh"
+    uploaded.write_text(script)
+    state = tmp_path / "state"
+    runner = FakeRunner(
+        [
+            SSH_CONFIG,
+            (["ssh", "-F", str(state / "ssh-config-worker-1")], 0, "", ""),
+            (["ssh", "-F", str(state / "ssh-config-worker-1")], 0, "", ""),
+        ]
+    )
+    spawn = LocalSsh(uploaded)
+    ex = executor(tmp_path, runner, provider="lxc", spawn=spawn)
+    out: list[bytes] = []
+    result = ex.run(script, out.append, cancel or threading.Event(), limits)
+    return result, b"".join(out).decode(), runner, spawn
+
+
+def test_run_uploads_the_script_and_runs_it_under_setsid_with_a_tty(tmp_path: Path) -> None:
+    result, text, runner, spawn = run_with(tmp_path, "echo hello; exit 1\n")
+    assert (result.state, result.exit_code) == ("failed", 1), text
+    assert "hello" in text
+    upload = runner.calls[1]
+    assert upload["input"] == "echo hello; exit 1\n"
+    assert upload["argv"][-2:] == [
+        "worker-1",
+        'mkdir -p "$HOME/.travis-worker" && rm -f "$HOME/.travis-worker/pgid" && '
+        'cat > "$HOME/.travis-worker/build.sh"',
+    ]
+    assert spawn.argv[-4:] == ["-tt", "-q", "worker-1", REMOTE_RUN]
+    assert "setsid -w" in REMOTE_RUN and "pgid" in REMOTE_RUN
+    assert len(runner.calls) == 2  # no remote kill after a normal end
+
+
+def test_run_cancel_kills_the_remote_group(tmp_path: Path) -> None:
+    cancel = threading.Event()
+    threading.Timer(0.3, cancel.set).start()
+    started = time.monotonic()
+    result, text, runner, _ = run_with(tmp_path, "sleep 30\n", cancel=cancel)
+    assert result.state == "cancelled" and time.monotonic() - started < 2.3
+    assert runner.calls[-1]["argv"][-2:] == ["worker-1", REMOTE_KILL]
+    assert 'kill -KILL -- "-$pg"' in REMOTE_KILL
+
+
+def test_run_hard_limit_kills_the_remote_group(tmp_path: Path) -> None:
+    result, text, runner, _ = run_with(tmp_path, "sleep 30\n", limits=Limits(0.5, 30, 1000))
+    assert result.state == "errored" and "hard time limit" in (result.reason or "")
+    assert runner.calls[-1]["argv"][-1] == REMOTE_KILL
+
+
+def test_run_ssh_failure_is_errored(tmp_path: Path) -> None:
+    result, _, _, _ = run_with(tmp_path, "exit 255\n")
+    assert result.state == "errored" and "SSH connection to VM worker-1 failed" in (result.reason or "")
+
+
+def test_run_upload_failure_is_errored_with_a_log_line(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    runner = FakeRunner(
+        [SSH_CONFIG, (["ssh", "-F", str(state / "ssh-config-worker-1")], 255, "", "Connection refused\n")]
+    )
+    out: list[bytes] = []
+    result = executor(tmp_path, runner, provider="lxc").run("true", out.append, threading.Event(), ROOMY)
+    assert result.state == "errored" and "Connection refused" in (result.reason or "")
+    assert b"uploading the build script" in b"".join(out)
+
+
+def test_make_executor_vagrant_providers(tmp_path: Path) -> None:
+    ex = make_executor("virtualbox", project_dir=str(tmp_path), vm_name="worker-2")
+    assert isinstance(ex, VagrantExecutor) and (ex.provider, ex.vm_name) == ("virtualbox", "worker-2")
+    assert make_executor("lxc", project_dir=str(tmp_path), vm_name="worker-1").provider == "lxc"
+
+
+def test_remote_commands_work_in_a_real_shell(tmp_path: Path) -> None:
+    """Run REMOTE_RUN / REMOTE_KILL with sh as the 'remote' shell: pgid file, setsid, group kill."""
+    home = tmp_path / "home"
+    (home / ".travis-worker").mkdir(parents=True)
+    (home / ".travis-worker" / "build.sh").write_text('sleep 100 & echo $! > "$HOME/child"; sleep 100\n')
+    env = {**os.environ, "HOME": str(home)}
+    proc = subprocess.Popen(["sh", "-c", REMOTE_RUN], env=env, start_new_session=True)
+    try:
+        pgid_file = home / ".travis-worker" / "pgid"
+        deadline = time.monotonic() + 5
+        while not (home / "child").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pgid = int(pgid_file.read_text())
+        assert os.getpgid(int((home / "child").read_text())) == pgid != os.getpgid(proc.pid)
+        subprocess.run(["sh", "-c", REMOTE_KILL], env=env, check=True, timeout=5)
+        assert proc.wait(timeout=5) != 0  # the group was killed, not finished
+    finally:
+        if proc.poll() is None:
+            proc.kill()
