@@ -221,7 +221,7 @@ def test_ssh_not_ready_is_a_sandbox_error(tmp_path: Path) -> None:
             (["ssh"], 255, "", "ssh: connect to host 127.0.0.1 port 2222: Connection refused\n"),
         ]
     )
-    with pytest.raises(SandboxError, match="SSH not ready.*Connection refused"):
+    with pytest.raises(SandboxError, match=r"SSH not ready.*Connection refused"):
         executor(tmp_path, runner, provider="lxc").prepare()
 
 
@@ -306,14 +306,14 @@ def test_run_cancel_kills_the_remote_group(tmp_path: Path) -> None:
     cancel = threading.Event()
     threading.Timer(0.3, cancel.set).start()
     started = time.monotonic()
-    result, text, runner, _ = run_with(tmp_path, "sleep 30\n", cancel=cancel)
+    result, _text, runner, _ = run_with(tmp_path, "sleep 30\n", cancel=cancel)
     assert result.state == "cancelled" and time.monotonic() - started < 2.3
     assert runner.calls[-1]["argv"][-2:] == ["worker-1", REMOTE_KILL]
     assert 'kill -KILL -- "-$pg"' in REMOTE_KILL
 
 
 def test_run_hard_limit_kills_the_remote_group(tmp_path: Path) -> None:
-    result, text, runner, _ = run_with(tmp_path, "sleep 30\n", limits=Limits(0.5, 30, 1000))
+    result, _text, runner, _ = run_with(tmp_path, "sleep 30\n", limits=Limits(0.5, 30, 1000))
     assert result.state == "errored" and "hard time limit" in (result.reason or "")
     assert runner.calls[-1]["argv"][-1] == REMOTE_KILL
 
