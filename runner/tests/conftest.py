@@ -1,4 +1,9 @@
-"""Runner test fixtures: a real redis-server on a free port (persistent: stop() and start() keep data)."""
+"""Runner test fixtures.
+
+`redis_server` / `redis_url` come from the lab's pytest plugin (travis_lab.pytest_plugin). That server runs
+without persistence, so the Redis-restart test uses `persistent_redis` below (appendonly, fsync always):
+stop() and start() keep the data, as a production Redis with AOF would.
+"""
 
 from __future__ import annotations
 
@@ -82,25 +87,9 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.cleanup()
-
-
 @pytest.fixture
-def redis_url(redis_server: RedisServer) -> str:
-    if redis_server.proc is None:
-        redis_server.start()
-    redis.Redis.from_url(redis_server.url).flushall()
-    return redis_server.url
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    """A private redis-server for tests that stop and restart it."""
+def persistent_redis() -> Iterator[RedisServer]:
+    """A private persistent redis-server for tests that stop and restart it."""
     server = RedisServer()
     server.start()
     yield server

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import RedisServer
 from harness import WorkerProc, make_repo, registered, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -45,12 +44,13 @@ BAD_FIELDS: list[tuple[tuple[str, ...], Any]] = [
 
 
 @pytest.fixture(scope="module")
-def fuzz_env(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[tuple[redis.Redis, dict[str, Any], WorkerProc]]:
+def fuzz_env(tmp_path_factory: pytest.TempPathFactory, redis_server: Any) -> Iterator[Env]:
+    """The lab's session redis-server, emptied; one worker process for all generated payloads."""
     tmp = tmp_path_factory.mktemp("twt-fuzz")
-    server = RedisServer()
-    server.start()
+    server = redis_server
+    if not server.running:
+        server.start()
+    server.flushall()
     _, commit = make_repo(Path(tmp) / "git")
     good = {
         "repository": {"slug": "twt/repo", "source_url": "/nonexistent"},
@@ -64,7 +64,6 @@ def fuzz_env(
         yield client, good, worker
     finally:
         worker.stop()
-        server.cleanup()
 
 
 def mutate(good: dict[str, Any], path: tuple[str, ...], value: Any) -> str:
@@ -88,9 +87,7 @@ malformed = st.one_of(
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 @given(item=malformed)
-def test_malformed_payload_goes_to_failed(
-    fuzz_env: tuple[redis.Redis, dict[str, Any], WorkerProc], item: Any
-) -> None:
+def test_malformed_payload_goes_to_failed(fuzz_env: Env, item: Any) -> None:
     client, good, worker = fuzz_env
     if isinstance(item, tuple):  # a valid payload with one field broken (json_values: unused)
         (path, value), _ = item

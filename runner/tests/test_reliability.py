@@ -73,19 +73,19 @@ def test_kill9_mid_job_every_job_completes_once_elsewhere(tmp_path: Path, redis_
             worker.stop()
 
 
-def test_redis_restarted_mid_job_loses_nothing(tmp_path: Path, own_redis) -> None:
-    client = redis.Redis.from_url(own_redis.url, decode_responses=True)
+def test_redis_restarted_mid_job_loses_nothing(tmp_path: Path, persistent_redis) -> None:
+    client = redis.Redis.from_url(persistent_redis.url, decode_responses=True)
     repo = make_repo(tmp_path / "git")
-    worker = WorkerProc(tmp_path, own_redis.url, "w")
+    worker = WorkerProc(tmp_path, persistent_redis.url, "w")
     try:
         wait_for(lambda: registered(client, worker), 15, "worker registration")
         push(client, job_json(1, repo, "for i in $(seq 1 30); do echo line-$i; sleep 0.1; done"))
         push(client, job_json(2, repo, "echo second"))
         wait_for(lambda: any(r.get("state") == "started" for r in reports(client)), 15, "job 1 start")
-        own_redis.stop()
+        persistent_redis.stop()
         time.sleep(1.5)  # the build keeps printing while Redis is down
-        own_redis.start()
-        client = redis.Redis.from_url(own_redis.url, decode_responses=True)
+        persistent_redis.start()
+        client = redis.Redis.from_url(persistent_redis.url, decode_responses=True)
         wait_for(lambda: len(finished(client)) == 2, 40, "both jobs to finish after the restart")
         text = "".join(r["log"] for r in reports(client) if r["job_id"] == 1 and r["event"] == "job:log")
         for i in range(1, 31):
