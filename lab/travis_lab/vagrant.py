@@ -191,6 +191,11 @@ class VagrantProject:
     def destroy(self) -> None:
         """`vagrant destroy -f`, then make sure each of this project's containers is gone."""
         t0 = time.monotonic()
+        for (
+            container
+        ) in self.machines.values():  # a clean shutdown of each VM costs ~20 s; they are throwaway
+            if Path("/var/lib/lxc", container).exists():
+                subprocess.run(["lxc-stop", "-n", container, "-k"], capture_output=True, check=False)
         proc = self.vagrant("destroy", "-f", check=False, timeout=600)
         leftovers = []
         for container in self.machines.values():
