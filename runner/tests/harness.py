@@ -70,7 +70,9 @@ def job_json(
 class WorkerProc:
     """`python -m travis_worker run` with its own config file and log file."""
 
-    def __init__(self, tmp: Path, redis_url: str, name: str, **overrides: Any) -> None:
+    def __init__(
+        self, tmp: Path, redis_url: str, name: str, env: dict[str, str] | None = None, **overrides: Any
+    ) -> None:
         self.dir = tmp / name
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "tmp").mkdir(exist_ok=True)
@@ -84,7 +86,9 @@ class WorkerProc:
         self.config_path = self.dir / "worker.yml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.log_path = self.dir / "worker.log"
+        extra_env = env or {}
         env = {k: v for k, v in os.environ.items() if k not in ("QUEUE", "TRAVIS_ENV", "VM", "VERBOSE")}
+        env.update(extra_env)
         env.update(
             {"PYTHONPATH": str(RUNNER_SRC), "TMPDIR": str(self.dir / "tmp"), "TRAVIS_WORKER_CONFIG": ""}
         )

@@ -219,3 +219,17 @@ def test_enqueue_cli(redis_url: str, client: redis.Redis, tmp_path: Path, repo: 
     assert "other" in client.smembers("resque:queues")
     (tmp_path / "bad.json").write_text(json.dumps({"class": "X", "args": [{"repository": {}}]}))
     assert cli_main(["enqueue", "--config", str(cfg), str(tmp_path / "bad.json")]) == 65
+
+
+def test_sandbox_failure_requeues_with_attempt_and_marks_errored(
+    client: redis.Redis, spawn: Spawn, repo: tuple[str, str]
+) -> None:
+    # a real SandboxError: the local executor cannot find bash on this worker's PATH
+    worker = spawn(env={"PATH": "/nonexistent-twt-path"})
+    push(client, job_json(1, repo, "true"))
+    wait_for(lambda: worker_state(client, worker).get("state") == "errored", 15, "errored state")
+    head = json.loads(client.lindex("resque:queue:builds", 0))
+    assert head["args"][0]["job"]["id"] == 1 and head["attempts"] == 1
+    assert states(client, 1) == ["received"]
+    assert client.llen(f"resque:processing:{worker.id}") == 0
+    assert "sandbox reset failed" in worker.log()
