@@ -207,3 +207,11 @@ def test_give_back_after_being_reaped_does_not_duplicate(client: redis.Redis) ->
     make(client, "live:2:builds").reap(5)  # the slow worker looked dead: its job was requeued
     assert q.give_back(raw, count_attempt=False, reason="stopping") == "gone"
     assert client.llen("resque:queue:builds") == 1
+
+
+def test_foreign_or_unreadable_heartbeats_are_not_reaped(client: redis.Redis) -> None:
+    client.hset("resque:workers:heartbeat", "ruby:1:builds", "sometime yesterday")
+    client.rpush("resque:processing:ruby:1:builds", job(1))
+    assert make(client, "me:1:builds").reap(5) == {}
+    assert client.llen("resque:processing:ruby:1:builds") == 1
+    assert parse_iso("2026-11-28T00:00:00Z") == parse_iso("2026-11-28T00:00:00+00:00")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import time
@@ -209,7 +210,13 @@ def test_status_and_failed_cli(
     assert client.lrange("resque:queue:builds", 0, -1) == ["garbage"]
 
 
-def test_enqueue_cli(redis_url: str, client: redis.Redis, tmp_path: Path, repo: tuple[str, str]) -> None:
+def test_enqueue_cli(
+    redis_url: str,
+    client: redis.Redis,
+    tmp_path: Path,
+    repo: tuple[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     cfg = tmp_path / "cli.yml"
     cfg.write_text(f"redis:\n  url: {redis_url}\n")
     bare = json.loads(job_json(3, repo, "true"))["args"][0]
@@ -217,6 +224,9 @@ def test_enqueue_cli(redis_url: str, client: redis.Redis, tmp_path: Path, repo: 
     assert cli_main(["enqueue", "--queue", "other", "--config", str(cfg), str(tmp_path / "bare.json")]) == 0
     assert json.loads(client.lindex("resque:queue:other", 0)) == {"class": "Travis::Worker", "args": [bare]}
     assert "other" in client.smembers("resque:queues")
+    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps(json.loads(job_json(4, repo, "true")))))
+    assert cli_main(["enqueue", "--config", str(cfg), "-"]) == 0
+    assert json.loads(client.lindex("resque:queue:builds", 0))["args"][0]["job"]["id"] == 4
     (tmp_path / "bad.json").write_text(json.dumps({"class": "X", "args": [{"repository": {}}]}))
     assert cli_main(["enqueue", "--config", str(cfg), str(tmp_path / "bad.json")]) == 65
 

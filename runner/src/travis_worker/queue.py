@@ -28,6 +28,8 @@ def parse_iso(value: str | bytes | None) -> float | None:
         return None
     if isinstance(value, bytes):
         value = value.decode()
+    if value.endswith("Z"):  # Python < 3.11 fromisoformat does not read "Z"
+        value = value[:-1] + "+00:00"
     try:
         return datetime.fromisoformat(value).timestamp()
     except ValueError:
@@ -270,7 +272,7 @@ class Queue:
             if worker_id == self.worker_id:
                 continue
             ts = parse_iso(stamp)
-            if ts is None or now - ts > dead_after:
+            if ts is not None and now - ts > dead_after:  # unreadable stamp (foreign worker): leave it alone
                 dead.append(worker_id)
         # processing lists / outboxes without any heartbeat (a worker that vanished half-registered)
         for pattern in (self.keys.processing("*"), self.keys.outbox("*")):
@@ -301,8 +303,8 @@ class Queue:
                     pipe.watch(processing, outbox, self.keys.heartbeat)
                     stamp = pipe.hget(self.keys.heartbeat, worker_id)
                     ts = parse_iso(stamp)
-                    if stamp is not None and ts is not None and time.time() - ts <= dead_after:
-                        return None  # it came back
+                    if stamp is not None and (ts is None or time.time() - ts <= dead_after):
+                        return None  # it came back (or is a foreign worker we cannot judge)
                     jobs = pipe.lrange(processing, 0, -1)
                     reports = pipe.lrange(outbox, 0, -1)
                     state = pipe.hget(self.keys.worker_state, worker_id)

@@ -237,7 +237,8 @@ class Worker:
         backoff = BACKOFF_START
         while self.stop_mode is None:
             if self.paused.is_set():
-                self.set_state("paused")
+                if self.state != "paused":
+                    self.set_state("paused")
                 time.sleep(0.2)
                 continue
             if self.state != "idle":
