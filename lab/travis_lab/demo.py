@@ -125,12 +125,18 @@ def _site(
         "worker_travis_url": ciapp.url,
         "worker_travis_username": "lab",
         "worker_travis_token": token,
+        # The runner wheel is built on this controller; the venv's setuptools 65 has no bdist_wheel, so
+        # pip fetches its build backend from PyPI (reachable here) instead of using the venv's.
+        "worker_build_isolation": True,
     }
+    extra_file = paths.root / "site-extra-vars.json"  # the app token stays out of argv and the console
+    extra_file.touch(mode=0o600)
+    extra_file.write_text(json.dumps(extra), encoding="utf-8")
     argv = [
         str(Path(sys.executable).parent / "ansible-playbook"),
         "-i", str(REPO_ROOT / "inventories" / "lab"),
         "-i", str(paths.inventory),
-        "-e", json.dumps(extra),
+        "-e", f"@{extra_file}",
         str(REPO_ROOT / "site.yml"),
     ]  # fmt: skip
 
