@@ -359,3 +359,11 @@ def test_remote_commands_work_in_a_real_shell(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_parse_recorded_vagrant_lxc_ssh_config() -> None:
+    hosts = parse_ssh_config(fixture("vagrant_ssh_config_lxc.txt"))
+    assert list(hosts) == ["worker-1"]
+    assert hosts["worker-1"]["hostname"].startswith("10.0.3.")
+    assert hosts["worker-1"]["user"] == "vagrant"
+    assert hosts["worker-1"]["identityfile"].endswith("/.vagrant/machines/worker-1/lxc/private_key")
