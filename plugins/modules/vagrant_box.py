@@ -318,6 +318,7 @@ class BoxManager:
         src = p["src"]
         path = local_path(src)
         catalog_dir = None
+        placeholder = None
         add_args = {"name": p["name"], "provider": p["provider"], "force": replace}
         if p["version"] and not src.endswith(".json"):
             if not p["provider"]:
@@ -330,18 +331,24 @@ class BoxManager:
             if p["checksum"]:
                 entry.update(checksum_type=p["checksum_type"], checksum=p["checksum"])
             catalog = {"name": p["name"], "versions": [{"version": p["version"], "providers": [entry]}]}
-            catalog_dir = tempfile.mkdtemp(prefix="travis-worker-box-")
-            src = os.path.join(catalog_dir, "catalog.json")
-            with open(src, "w", encoding="utf-8") as handle:
-                json.dump(catalog, handle)
+            placeholder = f"<temporary catalog for {url}>"
+            if self.module.check_mode:
+                src = placeholder
+            else:
+                catalog_dir = tempfile.mkdtemp(prefix="travis-worker-box-")
+                src = os.path.join(catalog_dir, "catalog.json")
+                with open(src, "w", encoding="utf-8") as handle:
+                    json.dump(catalog, handle)
             add_args["version"] = p["version"]
         else:
             add_args.update(version=p["version"], checksum=p["checksum"], checksum_type=p["checksum_type"])
         try:
-            self.result["commands"].append(self.runner.box_add(src, **add_args).cmd)
+            cmd = self.runner.box_add(src, **add_args).cmd
         finally:
             if catalog_dir:
                 shutil.rmtree(catalog_dir, ignore_errors=True)
+        # the temporary catalog path is reported as a placeholder, so check mode and real runs agree
+        self.result["commands"].append([placeholder if catalog_dir and a == src else a for a in cmd])
 
     def record(self) -> dict:
         p = self.p

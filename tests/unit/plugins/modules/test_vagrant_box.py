@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 from pathlib import Path
 from unittest.mock import ANY
 
@@ -177,6 +178,7 @@ def test_version_with_a_box_file_goes_through_a_catalog(run_module, home, boxfil
     seen = {}
 
     def read_catalog(kwargs: dict) -> None:
+        seen["path"] = kwargs["argv"][-2]
         seen.update(json.loads(Path(kwargs["argv"][-2]).read_text()))
         unpack(home, "twt-rec/ver", "1.2.3", "lxc")(kwargs)
 
@@ -192,12 +194,22 @@ def test_version_with_a_box_file_goes_through_a_catalog(run_module, home, boxfil
         ],
     )
     assert result["changed"] is True
+    path = seen.pop("path")
+    assert not Path(path).exists()  # temporary catalog removed
+    assert result["commands"][0][-2] == f"<temporary catalog for file://{boxfile}>"
     assert seen == {
         "name": "twt-rec/ver",
         "versions": [{"version": "1.2.3", "providers": [{"name": "lxc", "url": f"file://{boxfile}"}]}],
     }
-    assert not Path(result["commands"][0][-2]).exists()  # temporary catalog removed
     assert names(result) == [("twt-rec/ver", "lxc", "1.2.3")]
+    check = run_module(
+        vagrant_box.main,
+        dict(args, vagrant_home=str(home)),
+        [box_list("lxc_box_list_empty")],
+        check_mode=True,
+    )
+    assert check["commands"] == result["commands"]
+    assert not list(Path(tempfile.gettempdir()).glob("travis-worker-box-*/catalog.json"))
     again = run_module(
         vagrant_box.main, dict(args, vagrant_home=str(home)), [box_list("lxc_box_list_version")]
     )
