@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from travis_lab import cache, net
+from travis_lab.container import BoxContainer
 from travis_lab.demo_progress import Progress, StepFailed, run_logged
 from travis_lab.demo_repo import DemoRepo, ensure_demo_repo
 from travis_lab.demo_services import (
@@ -37,7 +38,10 @@ from travis_lab.errors import LabError
 
 log = logging.getLogger(__name__)
 
-HOST_ADDR = "10.0.3.1"  # the host on lxcbr0, as seen from the box container and (through NAT) its VMs
+HOST_ADDR = "10.0.3.1"
+HOST_CA_DIR = Path(
+    "/usr/local/share/ca-certificates"
+)  # the host on lxcbr0, as seen from the box container and (through NAT) its VMs
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STEPS = 7
 
@@ -103,9 +107,32 @@ def _container(progress: Progress, state: LabState, rootfs: Path, paths: DemoPat
         state.save()
         box = create_container(name, rootfs, arch=host_arch())
         progress.detail(f"created {box.name} at {box.ip}")
+    cas = trust_host_cas(box)
+    if cas:
+        progress.detail(f"trusting the host's extra CA certificates in the box: {', '.join(cas)}")
     paths.inventory.write_text(box.inventory(group="worker_boxes"), encoding="utf-8")
     progress.detail(f"inventory: {paths.inventory}")
     return box.name, box.ip
+
+
+def trust_host_cas(box: BoxContainer, source: Path = HOST_CA_DIR) -> list[str]:
+    """Give the box container the host's extra CA certificates (an egress proxy's CA, a company CA), for apt
+    and pip: copied into /usr/local/share/ca-certificates, `update-ca-certificates`, and pip told to use the
+    system bundle. Returns the certificate names (none: nothing to do)."""
+    certs = sorted(source.glob("*.crt")) if source.is_dir() else []
+    if not certs:
+        return []
+    rootfs = box.lxc_path / box.name / "rootfs"
+    target = rootfs / "usr/local/share/ca-certificates"
+    target.mkdir(parents=True, exist_ok=True)
+    for cert in certs:
+        (target / cert.name).write_bytes(cert.read_bytes())
+    pip_conf = rootfs / "etc/pip.conf"
+    if "cert" not in (pip_conf.read_text() if pip_conf.is_file() else ""):
+        with pip_conf.open("a", encoding="utf-8") as fh:
+            fh.write("[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n")
+    box.run("update-ca-certificates >/dev/null")
+    return [c.name for c in certs]
 
 
 def _site(

@@ -21,6 +21,7 @@ import pytest
 import redis
 from travis_lab.boxbuild import BoxArtifact, host_arch
 from travis_lab.container import BoxContainer, create_container
+from travis_lab.demo import trust_host_cas
 from travis_lab.demo_repo import ensure_demo_repo
 from travis_lab.demo_services import LabState, start_git_daemon, start_redis, stop_recorded
 from travis_lab.net import ensure_bridge
@@ -114,6 +115,7 @@ def lab(lab_box: BoxArtifact, tmp_path_factory: pytest.TempPathFactory) -> Itera
         repo = ensure_demo_repo(work / "repos")
         git = start_git_daemon(state, HOST, work / "repos", work)
         box = create_container(f"twt-pb-{secrets.token_hex(3)}", lab_box.rootfs, arch=host_arch())
+        trust_host_cas(box)
         inventory = work / "inventory.ini"
         inventory.write_text(box.inventory(group="worker_boxes"))
         env = {
