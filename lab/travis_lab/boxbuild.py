@@ -357,3 +357,18 @@ def _pack(inputs: BoxInputs, work: Path, out: Path, logfile: Path, timings: dict
 def list_entries(cache_dir: Path | None = None) -> list[Path]:
     boxes = cache.cache_root(cache_dir) / "boxes"
     return sorted(p for p in boxes.iterdir() if p.is_dir()) if boxes.is_dir() else []
+
+
+def prune(cache_dir: Path | None = None, keep: BoxInputs | None = None) -> list[Path]:
+    """Remove cached boxes other than the one for `keep` (default: the current default inputs)."""
+    root = cache.cache_root(cache_dir)
+    keep_dir = entry_dir(root, (keep or make_inputs()).key)
+    removed = []
+    for entry in list_entries(cache_dir):
+        if entry == keep_dir:
+            continue
+        with cache.locked(root / "locks" / f"box-{entry.name}.lock", f"box cache lock {entry.name[:12]}"):
+            shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+        log.info("pruned cached box %s", entry)
+    return removed

@@ -17,6 +17,14 @@ def _box_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _box_prune(args: argparse.Namespace) -> int:
+    from travis_lab.boxbuild import prune
+
+    for path in prune():
+        print(f"removed {path}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="travis-lab", description="travis.worker test lab")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -29,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--suite", default="bookworm")
     build.add_argument("--mirror", default=None, help="Debian mirror URL (default: the host's apt mirror)")
     build.set_defaults(func=_box_build)
+    prune = box_sub.add_parser("prune", help="remove cached boxes built from other inputs")
+    prune.set_defaults(func=_box_prune)
 
     _add_container_commands(sub)
     return parser

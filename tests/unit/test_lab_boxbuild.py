@@ -234,3 +234,11 @@ def test_safe_rmtree_refuses_nothing_and_removes_plain_trees(tmp_path: Path) -> 
     assert cache.mounts_under(tmp_path / "work") == []
     cache.safe_rmtree(tmp_path / "work")
     assert not (tmp_path / "work").exists()
+
+
+def test_prune_keeps_only_the_current_box(tmp_path: Path, pubkey: Path) -> None:
+    current = boxbuild.make_inputs(mirror="http://m/debian", pubkey=pubkey)
+    old = boxbuild.make_inputs(mirror="http://old/debian", pubkey=pubkey)
+    keep, gone = fake_entry(tmp_path, current), fake_entry(tmp_path, old)
+    assert boxbuild.prune(tmp_path, keep=current) == [gone]
+    assert boxbuild.list_entries(tmp_path) == [keep]
