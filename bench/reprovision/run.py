@@ -1,0 +1,188 @@
+"""Benchmark: wall time of `playbooks/reprovision.yml`, strategy in_place vs base_box, on the lab.
+
+    .venv/bin/python bench/reprovision/run.py [--sizes 1,3,5] [--packages "build-essential ruby-full"]
+
+For each N: the lab box is scaled to N worker VMs and rebuilt from the original base box (not measured), then
+`reprovision.yml -e strategy=in_place` and `-e strategy=base_box` run with the same recipe list: the usual
+recipes plus `twbench_toolchain`, a real recipe that installs a language runtime and build tools from the
+distro (at least 60 s per VM). While each runs, a feeder keeps short jobs in the queue; the jobs finished
+during the run show the capacity kept. Prints a Markdown table (paste it into docs/playbooks.md). Not a timed test.
+
+Everything it creates carries the `twt-bench-` prefix and is removed at the end (`--keep` keeps the box).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import redis
+from travis_lab.boxbuild import ensure_box, host_arch
+from travis_lab.container import BoxContainer, create_container
+from travis_lab.demo import trust_host_cas
+from travis_lab.demo_repo import ensure_demo_repo
+from travis_lab.demo_services import LabState, start_git_daemon, start_redis, stop_recorded
+from travis_lab.net import ensure_bridge
+
+ROOT = Path(__file__).resolve().parents[2]
+HOST = "10.0.3.1"
+NS = "resque"
+RECIPE_TASKS = """---
+- name: Install a language runtime and build tools from the distro (the benchmark's heavy recipe)
+  ansible.builtin.apt:
+    name: {packages}
+    state: present
+    update_cache: true
+    cache_valid_time: 3600
+    install_recommends: false
+"""
+
+
+class Bench:
+    def __init__(
+        self, box: BoxContainer, work: Path, env: dict[str, str], redis_url: str, git_url: str, commit: str
+    ):
+        self.box, self.work, self.env = box, work, env
+        self.redis = redis.Redis.from_url(redis_url, decode_responses=True)
+        self.git_url, self.commit = git_url, commit
+        self.inventory = work / "inventory.ini"
+
+    def play(self, playbook: str, *args: str) -> float:
+        argv = [str(ROOT / ".venv/bin/ansible-playbook"), "-i", str(ROOT / "inventories/lab"),
+                "-i", str(self.inventory), str(ROOT / playbook), *args]  # fmt: skip
+        t0 = time.monotonic()
+        log = self.work / f"{int(t0)}-{Path(playbook).stem}.log"
+        with log.open("w") as fh:
+            rc = subprocess.run(
+                argv, cwd=ROOT, env=self.env, stdout=fh, stderr=subprocess.STDOUT, check=False
+            ).returncode
+        took = time.monotonic() - t0
+        print(f"  {playbook} {' '.join(args)}: rc={rc} {took:.0f} s (log {log})", flush=True)
+        if rc != 0:
+            raise SystemExit(f"bench: {playbook} failed, see {log}")
+        return took
+
+    def finished_count(self) -> int:
+        n = 0
+        for raw in self.redis.lrange(f"{NS}:reporting:jobs", 0, -1):
+            body = json.loads(raw).get("body", {})
+            n += body.get("state") == "finished"
+        return n
+
+    def feed(self, stop: threading.Event) -> None:
+        """Keep at least 2 short jobs queued until `stop`."""
+        while not stop.is_set():
+            if self.redis.llen(f"{NS}:queue:builds") < 2:
+                job_id = int(time.time() * 1000) % 1_000_000_000
+                payload = {
+                    "uuid": f"twt-bench-{job_id}",
+                    "repository": {"slug": "twt/bench", "source_url": f"{self.git_url}/demo.git"},
+                    "job": {"id": job_id, "number": "1.1", "commit": self.commit, "branch": "main"},
+                    "config": {"script": ["python3 -m unittest test_calc"]},
+                }
+                self.redis.sadd(f"{NS}:queues", "builds")
+                self.redis.rpush(
+                    f"{NS}:queue:builds", json.dumps({"class": "Travis::Worker", "args": [payload]})
+                )
+            stop.wait(1)
+
+    def reset_boxes(self) -> None:
+        """Back to the original base box only (versions made by earlier base_box runs removed)."""
+        vagrant = "sudo -u travis HOME=/home/travis vagrant"
+        script = (
+            f"cd /home/travis && for v in $({vagrant} box list --machine-readable "
+            "| awk -F, '$3==\"box-version\" {print $4}' | grep -vx 0); do "
+            f"{vagrant} box remove twlab/debian12 --box-version $v --force; done; "
+            "rm -f /etc/travis-worker/vms/boxes.json"
+        )
+        self.box.ssh(script, timeout=600)
+
+    def measure(self, strategy: str, recipes: list[str], n: int) -> tuple[float, int]:
+        stop = threading.Event()
+        feeder = threading.Thread(target=self.feed, args=(stop,), daemon=True)
+        before = self.finished_count()
+        t0 = int(time.time())
+        feeder.start()
+        took = self.play(
+            "playbooks/reprovision.yml",
+            "-e", f"strategy={strategy}",
+            "-e", json.dumps({"worker_vms_recipes": recipes, "reprovision_recipe_revision": f"{n}-{t0}"}),
+        )  # fmt: skip
+        stop.set()
+        feeder.join()
+        return took, self.finished_count() - before
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="1,3,5")
+    parser.add_argument("--packages", default="build-essential ruby-full")
+    parser.add_argument("--keep", action="store_true")
+    args = parser.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",")]
+
+    ensure_bridge()
+    work = Path(tempfile.mkdtemp(prefix="twt-bench-"))
+    roles = work / "roles"
+    (roles / "twbench_toolchain/tasks").mkdir(parents=True)
+    (roles / "twbench_toolchain/tasks/main.yml").write_text(
+        RECIPE_TASKS.format(packages=json.dumps(args.packages.split()))
+    )
+    state = LabState.load(work / "state.json")
+    box_art = ensure_box()
+    box = None
+    rows = []
+    try:
+        srv = start_redis(state, HOST, work / "redis")
+        repo = ensure_demo_repo(work / "repos")
+        git = start_git_daemon(state, HOST, work / "repos", work)
+        box = create_container(f"twt-bench-{secrets.token_hex(3)}", box_art.rootfs, arch=host_arch())
+        trust_host_cas(box)
+        env = {
+            **os.environ,
+            "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+            "ANSIBLE_ROLES_PATH": f"{roles}:{ROOT / 'roles'}",
+            "PATH": f"{ROOT / '.venv/bin'}:{os.environ['PATH']}",
+            "TRAVIS_LAB_BOX": str(box_art.path),
+            "TRAVIS_LAB_REDIS_PORT": srv.url.rsplit(":", 1)[1].split("/")[0],
+        }
+        bench = Bench(box, work, env, srv.url, git.url, repo.commit)
+        bench.inventory.write_text(box.inventory(group="worker_boxes"))
+        print(f"bench: box {box.name}, work {work}", flush=True)
+        bench.play("site.yml", "-e", f"worker_vms_count={sizes[0]}", "-e", "worker_build_isolation=true")
+        base = ["travis.worker.vm_base", "travis.worker.vm_python"]
+        for n in sizes:
+            print(f"N={n}", flush=True)
+            bench.play("playbooks/scale.yml", "-e", f"worker_vms_count={n}")
+            bench.reset_boxes()
+            bench.play("playbooks/rebuild.yml", "-e", f"worker_vms_count={n}")
+            t_in, jobs_in = bench.measure("in_place", [*base, "twbench_toolchain"], n)
+            t_bb, jobs_bb = bench.measure("base_box", [*base, "twbench_toolchain"], n)
+            rows.append((n, t_in, t_bb, jobs_in, jobs_bb))
+    finally:
+        if box is not None and not args.keep:
+            box.destroy()
+        stop_recorded(state)
+
+    print("\n| N VMs | in_place | base_box | in_place / base_box | jobs done in in_place | in base_box |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for n, t_in, t_bb, j_in, j_bb in rows:
+        print(f"| {n} | {t_in:.0f} s | {t_bb:.0f} s | {t_in / t_bb:.2f}x | {j_in} | {j_bb} |")
+    if len(rows) >= 2:
+        (n0, i0, b0, *_), (n1, i1, b1, *_) = rows[0], rows[-1]
+        print(
+            f"\nper extra VM: in_place {(i1 - i0) / (n1 - n0):.0f} s, base_box {(b1 - b0) / (n1 - n0):.0f} s"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
