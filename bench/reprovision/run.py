@@ -6,7 +6,8 @@ For each N: the lab box is scaled to N worker VMs and rebuilt from the original 
 `reprovision.yml -e strategy=in_place` and `-e strategy=base_box` run with the same recipe list: the usual
 recipes plus `twbench_toolchain`, a real recipe that installs a language runtime and build tools from the
 distro (at least 60 s per VM). While each runs, a feeder keeps short jobs in the queue; the jobs finished
-during the run show the capacity kept. Prints a Markdown table (paste it into docs/playbooks.md). Not a timed test.
+during the run show the capacity kept. Prints a Markdown table (paste it into docs/playbooks.md).
+Not a timed test.
 
 Everything it creates carries the `twt-bench-` prefix and is removed at the end (`--keep` keeps the box).
 """
