@@ -4,11 +4,13 @@ from the new box sees the provisioned marker; a rerun with the same digest chang
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +21,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
+log = logging.getLogger(__name__)
 BIN = Path(sys.executable).parent
 
 
@@ -136,7 +139,9 @@ def exported_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
 def test_export_readd_and_clone_sees_marker(exported_env: dict[str, Any]) -> None:
     env = exported_env
     base, clone, tag = env["base"], env["clone"], env["tag"]
+    t0 = time.monotonic()
     base("up", "--provider=lxc")
+    log.info("vagrant up + provision of the base machine: %.1f s", time.monotonic() - t0)
     assert base("ssh", "base", "-c", "cat /opt/twt-marker").strip() == f"provisioned-{tag}"
     base_hostkey = base("ssh", "base", "-c", "cat /etc/ssh/ssh_host_ed25519_key.pub").split()[1]
     box_path = env["root"] / "exported.box"
@@ -153,7 +158,11 @@ def test_export_readd_and_clone_sees_marker(exported_env: dict[str, Any]) -> Non
     assert predicted["changed"] is True and predicted["halted"] is True and predicted["provider"] == "lxc"
     assert not box_path.exists()
 
+    t0 = time.monotonic()
     done = run_task("box_export", args)
+    log.info(
+        "box_export (stop, archive, restart): %.1f s, %d bytes", time.monotonic() - t0, done.get("size", 0)
+    )
     assert done.get("failed") is not True, done
     assert done["changed"] is True and done["halted"] is True and done["restarted"] is True
     assert box_path.stat().st_size == done["size"] > 1_000_000
@@ -162,12 +171,16 @@ def test_export_readd_and_clone_sees_marker(exported_env: dict[str, Any]) -> Non
     assert meta["source"]["machine"] == "base" and meta["source"]["id"] == f"{tag}-base"
     assert base.state("base") == "running"  # started again after the export
 
+    t0 = time.monotonic()
     again = run_task("box_export", args)
+    log.info("box_export rerun, same digest: %.1f s", time.monotonic() - t0)
     assert again["changed"] is False and again["sha256"] == done["sha256"]
     assert run_task("box_export", args, check=True)["changed"] is False
 
+    t0 = time.monotonic()
     clone("box", "add", "--name", "twt/exported", str(box_path))
     clone("up", "--provider=lxc")
+    log.info("box add + vagrant up of the clone: %.1f s", time.monotonic() - t0)
     assert clone("ssh", "clone", "-c", "cat /opt/twt-marker").strip() == f"provisioned-{tag}"
     clone_hostkey = clone("ssh", "clone", "-c", "cat /etc/ssh/ssh_host_ed25519_key.pub").split()[1]
     assert clone_hostkey != base_hostkey, "the clone kept the source machine's SSH host key"
