@@ -215,3 +215,15 @@ def test_foreign_or_unreadable_heartbeats_are_not_reaped(client: redis.Redis) ->
     assert make(client, "me:1:builds").reap(5) == {}
     assert client.llen("resque:processing:ruby:1:builds") == 1
     assert parse_iso("2026-11-28T00:00:00Z") == parse_iso("2026-11-28T00:00:00+00:00")
+
+
+def test_finish_after_being_reaped_queues_nothing(client: redis.Redis) -> None:
+    q = make(client, "slow:1:builds")
+    q.register()
+    q.push(job(1))
+    raw = q.take(1)
+    client.hset("resque:workers:heartbeat", "slow:1:builds", now_iso(0))
+    make(client, "live:2:builds").reap(5)
+    assert q.finish(raw, ["final report"]) is False
+    assert not client.exists("resque:travis:outbox:slow:1:builds")
+    assert client.llen("resque:queue:builds") == 1

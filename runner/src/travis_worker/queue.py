@@ -226,20 +226,30 @@ class Queue:
     def finish(self, raw: str, outbox_entries: Iterable[str] = (), extra: Any = None) -> bool:
         """The job is done: its last reports enter the outbox and the job leaves processing, atomically.
 
-        Returns False if the job was no longer ours (a reaper took it because our heartbeat expired)."""
+        Returns False (and queues nothing) if the job was no longer ours: a reaper requeued it because our
+        heartbeat had expired, so the job's next run reports instead."""
         processing = self.keys.processing(self.worker_id)
         entries = list(outbox_entries)
-        pipe = self.r.pipeline(transaction=True)
-        if entries:
-            pipe.rpush(self.keys.outbox(self.worker_id), *entries)
-        pipe.lrem(processing, 1, raw)
-        pipe.incr(self.keys.stat("processed"))
-        pipe.incr(self.keys.stat("processed", self.worker_id))
-        pipe.delete(self.keys.worker(self.worker_id))
-        if extra is not None:
-            extra(pipe)
-        removed = pipe.execute()[1 if entries else 0]
-        return bool(removed)
+        while True:
+            with self.r.pipeline(transaction=True) as pipe:
+                try:
+                    pipe.watch(processing)
+                    if pipe.lpos(processing, raw) is None:
+                        pipe.unwatch()
+                        return False
+                    pipe.multi()
+                    if entries:
+                        pipe.rpush(self.keys.outbox(self.worker_id), *entries)
+                    pipe.lrem(processing, 1, raw)
+                    pipe.incr(self.keys.stat("processed"))
+                    pipe.incr(self.keys.stat("processed", self.worker_id))
+                    pipe.delete(self.keys.worker(self.worker_id))
+                    if extra is not None:
+                        extra(pipe)
+                    pipe.execute()
+                    return True
+                except redis.WatchError:
+                    continue
 
     def fail(self, raw: str, *, exception: str, error: str, backtrace: Sequence[str] = ()) -> None:
         """Straight to resque's failed list (bad payload): no retry can fix it."""

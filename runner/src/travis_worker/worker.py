@@ -365,24 +365,20 @@ class Worker:
             return BuildResult("errored", f"worker error: {exc.__class__.__name__}: {exc}", None)
 
     def _finish(self, raw: str, entries: list[str]) -> None:
-        processing = self.keys.processing(self.id)
         backoff = BACKOFF_START
         while True:
             try:
                 if not self.queue.finish(raw, entries):
-                    log.error(
-                        "job was no longer in %s (reaped meanwhile?); its final report is queued", processing
+                    log.warning(
+                        "job no longer in %s: finished before the connection broke, or reaped while we were "
+                        "alive (then its next run reports)",
+                        self.keys.processing(self.id),
                     )
                 return
             except redis.RedisError as exc:
                 log.warning("redis unavailable while finishing the job (%s); retrying in %.1fs", exc, backoff)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
-                try:  # the transaction may have run before the connection broke: do not run it twice
-                    if self.r.lpos(processing, raw) is None:
-                        return
-                except redis.RedisError:
-                    continue
 
     def _sandbox_failed(self, raw: str, job: Job, exc: SandboxError) -> None:
         reason = f"sandbox reset failed: {exc}"
