@@ -8,6 +8,7 @@ removed at teardown. Lab failures (no root, no LXC, mirror down) fail the test l
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import shutil
 from collections.abc import Callable, Iterator
@@ -54,11 +55,11 @@ def lab_box() -> BoxArtifact:
 
 @pytest.fixture(scope="session")
 def vagrant_box_name(lab_box: BoxArtifact) -> str:
-    """`twlab/debian12`, added to Vagrant (once per box sha256)."""
-    from travis_lab.vagrant import ensure_vagrant_box
+    """`twlab/debian12` (env TRAVIS_LAB_VAGRANT_BOX overrides), added to Vagrant once per box sha256."""
+    from travis_lab.vagrant import BOX_NAME, ensure_vagrant_box
 
     try:
-        return ensure_vagrant_box(lab_box)
+        return ensure_vagrant_box(lab_box, name=os.environ.get("TRAVIS_LAB_VAGRANT_BOX", BOX_NAME))
     except LabError as exc:
         pytest.fail(str(exc), pytrace=False)
 
