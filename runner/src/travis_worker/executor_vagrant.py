@@ -67,6 +67,7 @@ class VagrantExecutor:
         state_dir: Optional[str] = None,
         ready_timeout: float = 300.0,
         spawn: Callable[..., tuple] = spawn_in_pty,
+        kill_wait: float = 1.0,
     ) -> None:
         if provider not in ("virtualbox", "lxc"):
             raise ValueError(f"vms.provider: {provider!r} is not a Vagrant provider (virtualbox, lxc)")
@@ -78,6 +79,7 @@ class VagrantExecutor:
         self.state_dir = state_dir
         self.ready_timeout = ready_timeout
         self.spawn = spawn
+        self.kill_wait = kill_wait
         self.vagrant = Vagrant(project_dir, runner=runner)
         self.vbox = VBoxManage(runner=runner)
         self._ssh_config: Optional[str] = None
@@ -178,7 +180,21 @@ class VagrantExecutor:
         return result
 
     def _kill_remote(self) -> None:
-        done = self.runner([*self._ssh_argv(), REMOTE_KILL], timeout=10)
+        """Kill the remote process group; wait at most ``kill_wait`` s, then let it finish in the background.
+
+        The local ssh client is already dead, so the job is stopped from the worker's point of view;
+        bounding the wait keeps a cancel within its 2 s even when a new SSH connection is slow.
+        """
+        thread = threading.Thread(target=self._kill_remote_now, name=f"kill-{self.vm_name}", daemon=True)
+        thread.start()
+        thread.join(self.kill_wait)
+        if thread.is_alive():
+            log.info(
+                "VM %s: remote kill still running after %.1f s; continuing", self.vm_name, self.kill_wait
+            )
+
+    def _kill_remote_now(self) -> None:
+        done = self.runner([*self._ssh_argv(), REMOTE_KILL], timeout=30)
         if done.returncode != 0:
             log.warning(
                 "VM %s: killing the remote build may have failed: %s", self.vm_name, CommandError(done)
