@@ -110,7 +110,10 @@ def host_arch() -> str:
 
 
 def make_inputs(
-    suite: str = DEFAULT_SUITE, mirror: str | None = None, pubkey: Path = VAGRANT_PUBKEY
+    suite: str = DEFAULT_SUITE,
+    mirror: str | None = None,
+    pubkey: Path = VAGRANT_PUBKEY,
+    packages: tuple[str, ...] = BOX_PACKAGES,
 ) -> BoxInputs:
     if not pubkey.is_file():
         raise LabError(
@@ -122,6 +125,7 @@ def make_inputs(
         suite=suite,
         mirror=choose_mirror(suite, mirror),
         arch=host_arch(),
+        packages=tuple(packages),
         script_sha256=cache.inputs_key({"script": customize_script()}),
         pubkey_sha256=cache.file_sha256(pubkey),
     )
@@ -157,9 +161,10 @@ def build_box(
     cache_dir: Path | None = None,
     force: bool = False,
     pubkey: Path = VAGRANT_PUBKEY,
+    packages: tuple[str, ...] = BOX_PACKAGES,
 ) -> BoxArtifact:
     """Build the box for these inputs, or reuse the valid cached one (unless `force`)."""
-    inputs = make_inputs(suite, mirror, pubkey)
+    inputs = make_inputs(suite, mirror, pubkey, packages)
     root = cache.cache_root(cache_dir)
     key = inputs.key
     entry = entry_dir(root, key)
@@ -215,8 +220,13 @@ def preflight(inputs: BoxInputs, root: Path) -> None:
 def _build_locked(inputs: BoxInputs, root: Path, entry: Path, pubkey: Path) -> BoxArtifact:
     timings: dict[str, float] = {}
     preflight(inputs, root)
+    for stale in (root / "tmp").glob(f"twlab-build-{inputs.key[:12]}-*"):
+        log.warning("removing %s left by an interrupted build", stale)  # we hold this key's lock
+        cache.safe_rmtree(stale)
     work = Path(tempfile.mkdtemp(prefix=f"twlab-build-{inputs.key[:12]}-", dir=root / "tmp"))
-    logfile = work / "build.log"
+    (root / "logs").mkdir(exist_ok=True)
+    logfile = root / "logs" / f"build-{inputs.key[:12]}.log"
+    logfile.write_text("")
     log.info("building box for %s from %s in %s (log: %s)", inputs.suite, inputs.mirror, work, logfile)
     try:
         out = work / "out"
@@ -249,10 +259,9 @@ def _build_locked(inputs: BoxInputs, root: Path, entry: Path, pubkey: Path) -> B
 
 
 def _keep_failed_log(root: Path, logfile: Path) -> None:
-    if logfile.exists():
-        (root / "logs").mkdir(exist_ok=True)
+    if logfile.exists() and logfile.stat().st_size:
         shutil.copy(logfile, root / "logs" / "last-failed-build.log")
-        log.error("build log kept at %s", root / "logs" / "last-failed-build.log")
+        log.error("build log: %s (copy: %s)", logfile, root / "logs" / "last-failed-build.log")
 
 
 def _install_entry(out: Path, entry: Path) -> None:

@@ -126,3 +126,17 @@ def test_vm_nested_in_a_box_container(  # type: ignore[no-untyped-def]
     box.destroy()
     durations["box_container_destroy"] = round(time.monotonic() - t0, 1)
     assert container_state(box.name) == "ABSENT"
+
+
+def test_debootstrap_failure_leaves_no_cache_entry(tmp_path: Path) -> None:
+    """A real debootstrap that fails (unknown package): step named, nonzero, nothing half-built left."""
+    from travis_lab.boxbuild import BOX_PACKAGES, list_entries
+    from travis_lab.errors import LabError
+
+    with pytest.raises(LabError) as exc:
+        build_box(cache_dir=tmp_path, packages=(*BOX_PACKAGES, "twt-no-such-package"))
+    assert exc.value.step == "debootstrap"
+    assert "twt-no-such-package" in exc.value.problem
+    assert list_entries(tmp_path) == []
+    assert list((tmp_path / "tmp").iterdir()) == []
+    assert (tmp_path / "logs" / "last-failed-build.log").stat().st_size > 0
