@@ -16,6 +16,18 @@ from travis_worker.keys import Keys
 
 log = logging.getLogger(__name__)
 REAP_RETRIES = 20
+# KEYS: processing, outbox, stat:processed, stat:processed:<id>, worker:<id>[, notify]
+# ARGV: raw job, completion time, outbox entries...
+FINISH_LUA = """
+if not redis.call('LPOS', KEYS[1], ARGV[1]) then return 0 end
+for i = 3, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+redis.call('LREM', KEYS[1], 1, ARGV[1])
+redis.call('INCR', KEYS[3])
+redis.call('INCR', KEYS[4])
+redis.call('DEL', KEYS[5])
+if KEYS[6] then redis.call('RPUSH', KEYS[6], ARGV[2]) end
+return 1
+"""
 
 
 def now_iso(ts: float | None = None) -> str:
@@ -113,6 +125,7 @@ class Queue:
         self.queue = queue
         self.worker_id = worker_id
         self.max_attempts = max_attempts
+        self._finish_script = client.register_script(FINISH_LUA)
 
     # -- producer side -------------------------------------------------------------------------------
     def push(self, raw: str, queue: str | None = None) -> None:
@@ -223,33 +236,22 @@ class Queue:
             json.dumps({"queue": self.queue, "run_at": run_at, "payload": decode_envelope(raw) or raw}),
         )
 
-    def finish(self, raw: str, outbox_entries: Iterable[str] = (), extra: Any = None) -> bool:
-        """The job is done: its last reports enter the outbox and the job leaves processing, atomically.
+    def finish(self, raw: str, outbox_entries: Iterable[str] = (), notify: str | None = None) -> bool:
+        """The job is done: its last reports enter the outbox and the job leaves processing, atomically
+        (one Lua script, one round trip). `notify`: a list that gets the completion time (no-op jobs).
 
         Returns False (and queues nothing) if the job was no longer ours: a reaper requeued it because our
         heartbeat had expired, so the job's next run reports instead."""
-        processing = self.keys.processing(self.worker_id)
-        entries = list(outbox_entries)
-        while True:
-            with self.r.pipeline(transaction=True) as pipe:
-                try:
-                    pipe.watch(processing)
-                    if pipe.lpos(processing, raw) is None:
-                        pipe.unwatch()
-                        return False
-                    pipe.multi()
-                    if entries:
-                        pipe.rpush(self.keys.outbox(self.worker_id), *entries)
-                    pipe.lrem(processing, 1, raw)
-                    pipe.incr(self.keys.stat("processed"))
-                    pipe.incr(self.keys.stat("processed", self.worker_id))
-                    pipe.delete(self.keys.worker(self.worker_id))
-                    if extra is not None:
-                        extra(pipe)
-                    pipe.execute()
-                    return True
-                except redis.WatchError:
-                    continue
+        keys = [
+            self.keys.processing(self.worker_id),
+            self.keys.outbox(self.worker_id),
+            self.keys.stat("processed"),
+            self.keys.stat("processed", self.worker_id),
+            self.keys.worker(self.worker_id),
+        ]
+        if notify is not None:
+            keys.append(notify)
+        return bool(self._finish_script(keys=keys, args=[raw, repr(time.time()), *outbox_entries]))
 
     def fail(self, raw: str, *, exception: str, error: str, backtrace: Sequence[str] = ()) -> None:
         """Straight to resque's failed list (bad payload): no retry can fix it."""

@@ -292,15 +292,9 @@ class Worker:
     def _handle_noop(self, raw: str, envelope: dict[str, Any]) -> None:
         """`noop_class` jobs (benchmarks, smoke tests): the same take/finish path, no build, no reports."""
         args = envelope.get("args")
-        notify = (
-            args[0].get("notify") if isinstance(args, list) and args and isinstance(args[0], dict) else None
-        )
-
-        def extra(pipe: Any) -> None:
-            if isinstance(notify, str):
-                pipe.rpush(notify, repr(time.time()))
-
-        push_with_retry(lambda: self.queue.finish(raw, extra=extra), "finishing a no-op job")
+        first = args[0] if isinstance(args, list) and args and isinstance(args[0], dict) else {}
+        notify = first.get("notify") if isinstance(first.get("notify"), str) else None
+        push_with_retry(lambda: self.queue.finish(raw, notify=notify), "finishing a no-op job")
 
     def _run_job(self, raw: str, job: Job) -> None:
         self.current_job = job.id
