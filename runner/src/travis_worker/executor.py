@@ -9,6 +9,7 @@ Both run the script under a pseudo-terminal in its own session (process group) a
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -75,22 +76,19 @@ def result_for_exit(code: int) -> BuildResult:
 
 
 def kill_group(proc: subprocess.Popen, grace: float = _TERM_GRACE_SECONDS) -> None:
-    """SIGTERM the process group of ``proc`` (a session leader), then SIGKILL what is left."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        except PermissionError:  # pragma: no cover - only if the group changed owner
-            log.warning("cannot signal process group %s", proc.pid)
-            return
-        if sig == signal.SIGTERM:
-            try:
-                proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                continue
-            # the leader is gone; members may linger: SIGKILL them too
-            continue
+    """SIGTERM the process group of ``proc`` (a session leader), wait ``grace`` s for it, SIGKILL the rest.
+
+    Members still alive after the leader are killed at once: a build that ended or was stopped has no
+    business leaving processes behind.
+    """
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return  # nothing left in the group
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def spawn_in_pty(argv: list[str], *, cwd: Optional[str], env: dict[str, str]) -> tuple[subprocess.Popen, int]:
