@@ -166,13 +166,21 @@ def container_state(name: str, lxc_path: Path = LXC_PATH) -> str:
     return proc.stdout.strip() or "ABSENT"
 
 
-def _wait_ip(name: str, bridge: str, lxc_path: Path, timeout: float) -> str:
+def bridge_ip(name: str, bridge: str = net.BRIDGE, lxc_path: Path = LXC_PATH) -> str | None:
+    """The container's address on the host bridge (not its inner lxcbr0), or None."""
     network = _bridge_network(bridge)
+    for ip in container_ips(name, lxc_path):
+        if network is None or ipaddress.ip_address(ip) in network:
+            return ip
+    return None
+
+
+def _wait_ip(name: str, bridge: str, lxc_path: Path, timeout: float) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for ip in container_ips(name, lxc_path):
-            if network is None or ipaddress.ip_address(ip) in network:
-                return ip
+        ip = bridge_ip(name, bridge, lxc_path)
+        if ip:
+            return ip
         if container_state(name, lxc_path) not in ("RUNNING", "STARTING"):
             break
         time.sleep(0.5)

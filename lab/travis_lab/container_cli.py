@@ -60,16 +60,16 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _ssh(args: argparse.Namespace) -> int:
-    from travis_lab.container import container_ips
+    from travis_lab.container import bridge_ip
     from travis_lab.sshkey import lab_keypair, ssh_argv
     from travis_lab.state import State
 
     if not State().owns(args.name):
         raise LabError("ssh", f"{args.name} was not created by the lab", "see `python -m travis_lab status`")
-    ips = container_ips(args.name)
-    if not ips:
-        raise LabError("ssh", f"{args.name} has no IP (stopped?)", f"`lxc-info -n {args.name}`")
-    argv = ssh_argv(lab_keypair(), "root", ips[0]) + list(args.cmd)
+    ip = bridge_ip(args.name)
+    if not ip:
+        raise LabError("ssh", f"{args.name} has no IP on lxcbr0 (stopped?)", f"`lxc-info -n {args.name}`")
+    argv = ssh_argv(lab_keypair(), "root", ip) + list(args.cmd)
     os.execvp(argv[0], argv)
     return 0  # not reached
 
