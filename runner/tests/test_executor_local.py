@@ -91,8 +91,9 @@ def test_output_streams_in_parts_before_the_end() -> None:
 
 
 def test_script_sees_a_terminal_and_runs_in_a_fresh_directory_that_is_removed() -> None:
-    result, out = run('test -t 0 && test -t 1 && test -t 2 && echo "dir=$PWD home=$HOME"')
+    result, out = run('test -t 0 && test -t 1 && test -t 2 && stty size && echo "dir=$PWD home=$HOME"')
     assert result.state == "passed", out.text
+    assert "50 132" in out.text
     match = re.search(r"dir=(\S+) home=(\S+)", out.text)
     assert match and match.group(1) == match.group(2)
     assert "travis-worker-job-" in match.group(1)

@@ -206,7 +206,7 @@ def test_arbitrary_bytes_and_json_never_raise_anything_but_payload_error() -> No
 
 
 def test_generated_valid_payloads_parse() -> None:
-    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(valid_payload())
     def check(body: dict[str, Any]) -> None:
         job = parse_job(json.dumps({"class": "Travis::Worker::Job", "args": [body]}))

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import select
 import signal
+import struct
 import subprocess
+import termios
 import threading
 import time
 from dataclasses import dataclass
@@ -30,6 +33,7 @@ _READ_SIZE = 64 * 1024
 _POLL_SECONDS = 0.1
 _TERM_GRACE_SECONDS = 0.5
 _DRAIN_SECONDS = 0.5
+_ROWS, _COLUMNS = 50, 132
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,8 @@ def kill_group(proc: subprocess.Popen, grace: float = _TERM_GRACE_SECONDS) -> No
 def spawn_in_pty(argv: list[str], *, cwd: Optional[str], env: dict[str, str]) -> tuple[subprocess.Popen, int]:
     """Start ``argv`` in a new session, a pseudo-terminal as its stdio; return (proc, PTY master)."""
     master, slave = os.openpty()
+    # A real terminal size: tools that draw progress bars or wrap lines ask for it.
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", _ROWS, _COLUMNS, 0, 0))
     try:
         proc = subprocess.Popen(
             argv,
