@@ -72,6 +72,18 @@ def check_mirror(mirror: str, suite: str, timeout: float = 20.0) -> None:
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             log.info("mirror %s answers for %s (HTTP %s)", mirror, suite, resp.status)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            raise LabError(
+                "mirror",
+                f"suite {suite!r} not found on {mirror} ({url}: HTTP 404)",
+                "use a Debian suite the mirror carries (e.g. --suite bookworm) or another --mirror",
+            ) from exc
+        raise LabError(
+            "mirror",
+            f"{url} answered HTTP {exc.code}",
+            "check the mirror/proxy, or use --mirror URL / TRAVIS_LAB_MIRROR=URL",
+        ) from exc
     except (urllib.error.URLError, OSError, ValueError) as exc:
         raise LabError(
             "mirror",

@@ -242,3 +242,19 @@ def test_prune_keeps_only_the_current_box(tmp_path: Path, pubkey: Path) -> None:
     keep, gone = fake_entry(tmp_path, current), fake_entry(tmp_path, old)
     assert boxbuild.prune(tmp_path, keep=current) == [gone]
     assert boxbuild.list_entries(tmp_path) == [keep]
+
+
+def test_unknown_suite_is_named(tmp_path: Path) -> None:
+    """A local HTTP server that 404s stands in for a mirror without the suite."""
+    import http.server
+    import threading
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(LabError) as exc:
+            check_mirror(f"http://127.0.0.1:{srv.server_address[1]}/debian", "no-such-suite", timeout=5)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert "no-such-suite" in exc.value.problem and "404" in exc.value.problem
