@@ -31,10 +31,13 @@ def test_kill9_mid_job_every_job_completes_once_elsewhere(tmp_path: Path, redis_
         return worker
 
     try:
+        done_file = (
+            tmp_path / "side-effects.log"
+        )  # what the builds themselves did (killed runs must not count)
         for _ in range(PARALLEL_WORKERS):
             spawn()
         for job_id in range(1, KILL_TRIALS + 1):
-            push(client, job_json(job_id, repo, "sleep 1.2; echo done"))
+            push(client, job_json(job_id, repo, f"sleep 1.2; echo {job_id} >> {done_file}"))
         killed: dict[int, str] = {}  # job id -> worker id killed while running it
         deadline = time.monotonic() + 120
         while len(killed) < KILL_TRIALS:
@@ -61,6 +64,8 @@ def test_kill9_mid_job_every_job_completes_once_elsewhere(tmp_path: Path, redis_
             assert len(entries) == 1, f"job {job_id} finished {len(entries)} times"
             assert entries[0]["result"] == "passed"
             assert entries[0]["worker"] != killed[job_id]
+        side_effects = sorted(int(x) for x in done_file.read_text().split())
+        assert side_effects == list(range(1, KILL_TRIALS + 1)), "a build ran to its end twice (or never)"
         assert client.llen("resque:failed") == 0
         assert client.llen("resque:queue:builds") == 0
         assert not list(client.scan_iter("resque:processing:*"))
