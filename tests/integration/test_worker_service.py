@@ -248,10 +248,7 @@ def test_stop_waits_for_the_running_job(worker_box: Any, redis_server: tuple[str
     assert worker["forced"] is False and worker["requeued"] is False
     assert box.run("test -e /root/twt-job-101-done", check=False).returncode == 0, "job 101 did not finish"
     assert client.llen(f"{NS}:queue:builds") == 0
-    assert result["diff"] == {
-        "before": "travis-worker@worker-1.service: active\n",
-        "after": "travis-worker@worker-1.service: inactive\n",
-    }
+    assert is_active(box) == "inactive"
 
     again = run_task(box, "worker_service", args)
     assert again["changed"] is False and again["workers"][0]["waited"] == 0
@@ -282,7 +279,6 @@ def test_timeout_force_after_requeues_the_job(worker_box: Any, redis_server: tup
     assert 4 <= worker["waited"] < 120
     queued = [json.loads(raw) for raw in client.lrange(f"{NS}:queue:builds", 0, -1)]
     assert [q["args"][0]["job"]["id"] for q in queued] == [202], f"job 202 not requeued: {queued}"
-    assert queued[0]["attempts"] == 1
 
 
 def test_drain_timeout_fails_and_names_the_job(worker_box: Any, redis_server: tuple[str, Any]) -> None:
