@@ -36,8 +36,9 @@ _REF_CHARS_RE = re.compile(r"\A[A-Za-z0-9._/+@#,=%-]{1,255}\Z")
 _TOKEN_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 _ENV_NAME_RE = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
 _URL_RE = re.compile(
-    r"\A(?:(?:https?|git|ssh|file)://[^\s\x00-\x1f\x7f]+"  # URL with an allowed scheme
-    r"|[A-Za-z0-9_.-]+@[A-Za-z0-9_.-]+:[^\s\x00-\x1f\x7f:][^\s\x00-\x1f\x7f]*"  # scp-like git@host:path
+    r"\A(?:(?:https?|git|ssh|file)://(?!-)[^\s\x00-\x1f\x7f]+"  # URL with an allowed scheme, no "-host"
+    # scp-like user@host:path
+    r"|[A-Za-z0-9_][A-Za-z0-9_.-]*@[A-Za-z0-9][A-Za-z0-9_.-]*:[^\s\x00-\x1f\x7f:-][^\s\x00-\x1f\x7f]*"
     r"|/[^\s\x00-\x1f\x7f]*)\Z"  # absolute local path (also a git bundle)
 )
 _MAX_URL = 2048
