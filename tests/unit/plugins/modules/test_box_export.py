@@ -17,6 +17,8 @@ from ansible_collections.travis.worker.plugins.modules import box_export
 from conftest import call
 
 LXC_NAME = "twt-proj_base_1700000000123_45678"
+VAGRANT_UID = 1000 if os.geteuid() == 0 else os.getuid()  # chown to another uid needs root
+VAGRANT_GID = 1000 if os.geteuid() == 0 else os.getgid()
 UUID = "3f0c7d1e-5b8a-4e55-9d0f-6a1f2c9b7e11"
 INSECURE = "ssh-rsa AAAAB3NzaC1yc2EAAAABIwAAAQEA6NF8iallvQVp22WDkTkyrtvp9eWW6A8YVr+kz4TjGYe7gHzIw+niNltGEFHzD8+v1I2YJ6oXevct1YeS0o9HZyN1Q9qgCgzUFtdOKLv6IedplqoPkcmF0aYet2PkEDo3MlTBckFXPITAMzF8dJSIFo9D8HfdOV0IAdx4O7PtixWKn5y2hMNG0zQPyUecp4pzC6kivAIhyfHilFR61RGL+GPXQ2MWZWFYbAGjyiYJnAmCP3NOTd0jMZEnDkbUvxhMmBYSdETk1rRgm+R4LOzFUGaHqHDLKLX+FIPKcF96hrucXzcWyLbIbEgE98OHlnVYCzRdK8jlqm8tehUc9c9WhQ== vagrant insecure public key\n"  # noqa: E501
 SESSION_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJustForThisMachineOnlyDoNotShipInTheBox vagrant\n"
@@ -69,7 +71,7 @@ def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     (rootfs / "tmp" / "junk").write_text("junk")
     (rootfs / "opt/travis/provisioned").write_text("yes\n")
     (rootfs / "home/vagrant/.ssh/authorized_keys").write_text(SESSION_KEY)
-    os.chown(rootfs / "home/vagrant/.ssh", 1000, 1000)
+    os.chown(rootfs / "home/vagrant/.ssh", VAGRANT_UID, VAGRANT_GID)
     (container / "config").write_text(
         "lxc.include = /usr/share/lxc/config/debian.common.conf\n"
         f"lxc.rootfs.path = dir:{rootfs}\nlxc.uts.name = {LXC_NAME}\nlxc.net.0.type = veth\n"
@@ -174,7 +176,7 @@ def test_lxc_export_builds_a_vagrant_lxc_box(run_module, lab) -> None:
     assert "./rootfs/var/lib/dbus/machine-id" not in names
     assert rootfs.extractfile("./rootfs/etc/machine-id").read() == b""
     keys = rootfs.getmember("./rootfs/home/vagrant/.ssh/authorized_keys")
-    assert (keys.uid, keys.gid, keys.mode) == (1000, 1000, 0o600)
+    assert (keys.uid, keys.gid, keys.mode) == (VAGRANT_UID, VAGRANT_GID, 0o600)
     assert rootfs.extractfile(keys).read().decode() == INSECURE
     assert names.count("./rootfs/home/vagrant/.ssh/authorized_keys") == 1  # the machine's session key is gone
     unit = rootfs.extractfile("./rootfs/etc/systemd/system/travis-box-ssh-hostkeys.service").read().decode()
