@@ -155,6 +155,8 @@ def _site(
         # The runner wheel is built on this controller; the venv's setuptools 65 has no bdist_wheel, so
         # pip fetches its build backend from PyPI (reachable here) instead of using the venv's.
         "worker_build_isolation": True,
+        # The box reaches PyPI itself (it trusts the host's CA certificates, see trust_host_cas).
+        "worker_pip_source": "index",
     }
     extra_file = paths.root / "site-extra-vars.json"  # the app token stays out of argv and the console
     extra_file.touch(mode=0o600)

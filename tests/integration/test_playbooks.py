@@ -129,7 +129,7 @@ def lab(lab_box: BoxArtifact, tmp_path_factory: pytest.TempPathFactory) -> Itera
         logs = work / "logs"
         logs.mkdir()
         lab = Lab(box, inventory, env, server.url, git.url, repo.commit, logs)
-        lab.play("site.yml", "-e", "worker_build_isolation=true")
+        lab.play("site.yml", "-e", "worker_build_isolation=true", "-e", "worker_pip_source=index")
         yield lab
     finally:
         if box is not None:
