@@ -25,14 +25,6 @@ log = logging.getLogger(__name__)
 BIN = Path(sys.executable).parent
 
 
-def lab_box() -> Path:
-    """The lab's cached Vagrant-LXC Debian box (built once by travis_lab, then reused)."""
-    boxbuild = pytest.importorskip(
-        "travis_lab.boxbuild", reason="the lab package travis_lab is not installed"
-    )
-    return Path(boxbuild.ensure_box().path)
-
-
 def run_task(module: str, args: dict[str, Any], check: bool = False, diff: bool = False, env=None) -> dict:
     """Run travis.worker.<module> on localhost with the `ansible` CLI; return its result (from --tree)."""
     tree = Path(tempfile.mkdtemp(prefix="twt-tree-"))
@@ -70,87 +62,56 @@ def run_task(module: str, args: dict[str, Any], check: bool = False, diff: bool 
     return result
 
 
-class Vagrant:
-    def __init__(self, project: Path, home: Path) -> None:
-        self.project = project
-        self.env = {**os.environ, "VAGRANT_HOME": str(home), "VAGRANT_CHECKPOINT_DISABLE": "1", "LANG": "C"}
-
-    def __call__(self, *args: str, check: bool = True) -> str:
-        proc = subprocess.run(
-            ["vagrant", *args], cwd=self.project, env=self.env, capture_output=True, text=True, timeout=900
-        )
-        if check and proc.returncode != 0:
-            pytest.fail(f"vagrant {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-        return proc.stdout
-
-    def state(self, machine: str) -> str:
-        for line in self("status", machine, "--machine-readable").splitlines():
-            parts = line.split(",")
-            if len(parts) >= 4 and parts[1] == machine and parts[2] == "state":
-                return parts[3]
-        return "unknown"
-
-
-VAGRANTFILE = """Vagrant.configure("2") do |config|
-  config.vm.box = "{box}"
-  config.vm.synced_folder ".", "/vagrant", disabled: true
-  config.vm.define "{machine}" do |m|
-    m.vm.provider :lxc do |lxc|
-      lxc.container_name = "{container}"
-    end
-    {provision}
-  end
-end
-"""
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="twt-bx-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
-def exported_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    box = lab_box()
-    tag = f"twt-bx-{uuid.uuid4().hex[:8]}"
-    root = Path("/tmp") / tag
-    root.mkdir()
-    home = root / "vagrant.d"
-    projects = {name: root / name for name in ("base", "clone")}
-    for project in projects.values():
-        project.mkdir()
-    (projects["base"] / "Vagrantfile").write_text(
-        VAGRANTFILE.format(
-            box="twt/debian12",
-            machine="base",
-            container=f"{tag}-base",
-            provision='m.vm.provision "shell", inline: "echo provisioned-' + tag + ' > /opt/twt-marker"',
-        )
+def exported_box_name() -> Iterator[str]:
+    """A Vagrant box name for the exported box; removed from VAGRANT_HOME after the test."""
+    from travis_lab.vagrant import vagrant_env
+
+    name = f"twt-exported-{uuid.uuid4().hex[:6]}"
+    yield name
+    subprocess.run(
+        ["vagrant", "box", "remove", "--force", "--all", name],
+        env=vagrant_env(),
+        capture_output=True,
+        timeout=300,
     )
-    (projects["clone"] / "Vagrantfile").write_text(
-        VAGRANTFILE.format(box="twt/exported", machine="clone", container=f"{tag}-clone", provision="")
-    )
-    base = Vagrant(projects["base"], home)
-    clone = Vagrant(projects["clone"], home)
-    base("box", "add", "--name", "twt/debian12", str(box))
-    try:
-        yield {"tag": tag, "root": root, "home": home, "base": base, "clone": clone, "projects": projects}
-    finally:
-        for vagrant in (clone, base):
-            vagrant("destroy", "--force", check=False)
-        shutil.rmtree(root, ignore_errors=True)
 
 
-def test_export_readd_and_clone_sees_marker(exported_env: dict[str, Any]) -> None:
-    env = exported_env
-    base, clone, tag = env["base"], env["clone"], env["tag"]
-    t0 = time.monotonic()
-    base("up", "--provider=lxc")
-    log.info("vagrant up + provision of the base machine: %.1f s", time.monotonic() - t0)
-    assert base("ssh", "base", "-c", "cat /opt/twt-marker").strip() == f"provisioned-{tag}"
-    base_hostkey = base("ssh", "base", "-c", "cat /etc/ssh/ssh_host_ed25519_key.pub").split()[1]
-    box_path = env["root"] / "exported.box"
+def state_of(project: Any, machine: str) -> str:
+    out = project.vagrant("status", machine, "--machine-readable").stdout
+    for line in out.splitlines():
+        parts = line.split(",")
+        if len(parts) >= 4 and parts[1] == machine and parts[2] == "state":
+            return parts[3]
+    return "unknown"
+
+
+def test_export_readd_and_clone_sees_marker(vagrant_project, exported_box_name: str, workdir: Path) -> None:
+    from travis_lab.vagrant import make_project, vagrant_home
+
+    tag = uuid.uuid4().hex[:8]
+    base = vagrant_project(
+        1, name_prefix="base-", provision_script=f"echo provisioned-{tag} > /opt/twt-marker"
+    )
+    machine = "base-1"
+    base.up()
+    log.info("vagrant up + provision of the base machine: %.1f s", base.timings["up"])
+    assert base.ssh(machine, "cat /opt/twt-marker").stdout.strip() == f"provisioned-{tag}"
+    base_hostkey = base.ssh(machine, "cat /etc/ssh/ssh_host_ed25519_key.pub").stdout.split()[1]
+    box_path = workdir / "exported.box"
     args = {
-        "project_dir": str(env["projects"]["base"]),
-        "name": "base",
+        "project_dir": str(base.root),
+        "name": machine,
         "path": str(box_path),
         "digest": "recipe-1",
-        "vagrant_home": str(env["home"]),
+        "vagrant_home": str(vagrant_home()),
     }
 
     predicted = run_task("box_export", args, check=True, diff=True)
@@ -168,8 +129,8 @@ def test_export_readd_and_clone_sees_marker(exported_env: dict[str, Any]) -> Non
     assert box_path.stat().st_size == done["size"] > 1_000_000
     meta = json.loads(Path(str(box_path) + ".json").read_text())
     assert meta["digest"] == "recipe-1" and meta["sha256"] == done["sha256"]
-    assert meta["source"]["machine"] == "base" and meta["source"]["id"] == f"{tag}-base"
-    assert base.state("base") == "running"  # started again after the export
+    assert meta["source"]["machine"] == machine and meta["source"]["id"] == base.machines[machine]
+    assert state_of(base, machine) == "running"  # started again after the export
 
     t0 = time.monotonic()
     again = run_task("box_export", args)
@@ -178,14 +139,22 @@ def test_export_readd_and_clone_sees_marker(exported_env: dict[str, Any]) -> Non
     assert run_task("box_export", args, check=True)["changed"] is False
 
     t0 = time.monotonic()
-    clone("box", "add", "--name", "twt/exported", str(box_path))
-    clone("up", "--provider=lxc")
-    log.info("box add + vagrant up of the clone: %.1f s", time.monotonic() - t0)
-    assert clone("ssh", "clone", "-c", "cat /opt/twt-marker").strip() == f"provisioned-{tag}"
-    clone_hostkey = clone("ssh", "clone", "-c", "cat /etc/ssh/ssh_host_ed25519_key.pub").split()[1]
-    assert clone_hostkey != base_hostkey, "the clone kept the source machine's SSH host key"
-    ids = {v("ssh", m, "-c", "cat /etc/machine-id").strip() for v, m in ((base, "base"), (clone, "clone"))}
-    assert len(ids) == 2 and "" not in ids, f"machine-ids not regenerated: {ids}"
+    base.vagrant("box", "add", "--name", exported_box_name, str(box_path))
+    clone = make_project(1, box=exported_box_name, name_prefix="clone-")
+    try:
+        clone.up()
+        log.info("box add + vagrant up of the clone: %.1f s", time.monotonic() - t0)
+        assert clone.ssh("clone-1", "cat /opt/twt-marker").stdout.strip() == f"provisioned-{tag}"
+        clone_hostkey = clone.ssh("clone-1", "cat /etc/ssh/ssh_host_ed25519_key.pub").stdout.split()[1]
+        assert clone_hostkey != base_hostkey, "the clone kept the source machine's SSH host key"
+        ids = {
+            base.ssh(machine, "cat /etc/machine-id").stdout.strip(),
+            clone.ssh("clone-1", "cat /etc/machine-id").stdout.strip(),
+        }
+        assert len(ids) == 2 and "" not in ids, f"machine-ids not regenerated: {ids}"
+    finally:
+        clone.destroy()
+        shutil.rmtree(clone.root, ignore_errors=True)
 
 
 def test_unknown_machine_fails_with_remedy(tmp_path: Path) -> None:

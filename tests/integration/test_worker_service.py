@@ -67,7 +67,9 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def redis_server() -> Iterator[tuple[str, Any]]:
+def bridge_redis() -> Iterator[tuple[str, Any]]:
+    """A redis-server bound to the lxcbr0 address, so the runner in the box container reaches it (the lab's
+    session `redis_server` listens on 127.0.0.1 only)."""
     redis = pytest.importorskip("redis")
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed (apt-get install redis-server)")
@@ -108,11 +110,11 @@ def _ping(client: Any) -> bool:
 
 
 @pytest.fixture(scope="module")
-def worker_box(redis_server: tuple[str, Any]) -> Iterator[Any]:
+def worker_box(bridge_redis: tuple[str, Any]) -> Iterator[Any]:
     """A systemd box container: runner source, its Python deps from Debian, a git repo, the unit."""
     container = pytest.importorskip("travis_lab.container")
     boxbuild = pytest.importorskip("travis_lab.boxbuild")
-    url, _ = redis_server
+    url, _ = bridge_redis
     box = container.create_container(f"twt-ws-{uuid.uuid4().hex[:6]}", boxbuild.ensure_box().rootfs)
     try:
         t0 = time.monotonic()
@@ -217,8 +219,8 @@ def start_worker_with_job(box: Any, client: Any, job_id: int, script: str) -> No
     )
 
 
-def test_stop_waits_for_the_running_job(worker_box: Any, redis_server: tuple[str, Any]) -> None:
-    url, client = redis_server
+def test_stop_waits_for_the_running_job(worker_box: Any, bridge_redis: tuple[str, Any]) -> None:
+    url, client = bridge_redis
     box = worker_box
     start_worker_with_job(box, client, 101, "sleep 45 && touch /root/twt-job-101-done")
     args = {
@@ -254,8 +256,8 @@ def test_stop_waits_for_the_running_job(worker_box: Any, redis_server: tuple[str
     assert again["changed"] is False and again["workers"][0]["waited"] == 0
 
 
-def test_timeout_force_after_requeues_the_job(worker_box: Any, redis_server: tuple[str, Any]) -> None:
-    url, client = redis_server
+def test_timeout_force_after_requeues_the_job(worker_box: Any, bridge_redis: tuple[str, Any]) -> None:
+    url, client = bridge_redis
     box = worker_box
     started = run_task(box, "worker_service", {"name": "worker-1", "state": "started"})
     assert started["changed"] is True and started["workers"][0]["state"] == "active"
@@ -281,8 +283,8 @@ def test_timeout_force_after_requeues_the_job(worker_box: Any, redis_server: tup
     assert [q["args"][0]["job"]["id"] for q in queued] == [202], f"job 202 not requeued: {queued}"
 
 
-def test_drain_timeout_fails_and_names_the_job(worker_box: Any, redis_server: tuple[str, Any]) -> None:
-    url, client = redis_server
+def test_drain_timeout_fails_and_names_the_job(worker_box: Any, bridge_redis: tuple[str, Any]) -> None:
+    url, client = bridge_redis
     box = worker_box
     start_worker_with_job(box, client, 303, "sleep 600")
     args = {
