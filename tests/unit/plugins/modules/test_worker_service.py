@@ -240,3 +240,47 @@ def test_systemctl_error_is_reported_not_raised(run_module) -> None:
     result = run_module(worker_service.main, {"name": ["worker-1"], "state": "started"}, calls)
     assert result["failed"] is True and result["rc"] == 1
     assert W1 in result["msg"] and "journalctl" in result["msg"]
+
+
+# -- documentation against argument_spec (the part of ansible-test validate-modules that matters most)
+
+
+def _argument_spec(module: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    captured: dict[str, Any] = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(self: Any, argument_spec: dict[str, Any], **kwargs: Any) -> None:
+        captured.update(argument_spec)
+        captured["__check_mode__"] = kwargs.get("supports_check_mode")
+        raise Stop
+
+    monkeypatch.setattr(module.AnsibleModule, "__init__", capture)
+    with pytest.raises(Stop):
+        module.main()
+    return captured
+
+
+@pytest.mark.parametrize("name", ["box_export", "virtualbox_env", "worker_service"])
+def test_documentation_matches_argument_spec(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    import yaml
+
+    module = importlib.import_module(f"ansible_collections.travis.worker.plugins.modules.{name}")
+    doc = yaml.safe_load(module.DOCUMENTATION)
+    assert doc["module"] == name and doc["short_description"] and doc["description"]
+    assert isinstance(yaml.safe_load(module.EXAMPLES), list)
+    assert isinstance(yaml.safe_load(module.RETURN), dict)
+    spec = _argument_spec(module, monkeypatch)
+    assert spec.pop("__check_mode__") is True
+    assert set(doc["options"]) == set(spec), f"{name}: documented vs argument_spec options differ"
+    for option, documented in doc["options"].items():
+        actual = spec[option]
+        assert documented.get("type", "str") == actual.get("type", "str"), f"{name}.{option} type"
+        assert documented.get("required", False) == actual.get("required", False), f"{name}.{option} required"
+        assert documented.get("default") == actual.get("default"), f"{name}.{option} default"
+        assert documented.get("choices") == actual.get("choices"), f"{name}.{option} choices"
+        assert documented.get("elements") == actual.get("elements"), f"{name}.{option} elements"
+        assert documented.get("description"), f"{name}.{option} has no description"
