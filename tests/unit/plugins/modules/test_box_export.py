@@ -330,3 +330,29 @@ def test_virtualbox_locked_fails_but_starts_machine_again(run_module, vbox) -> N
 def test_vagrant_missing(run_module, vbox) -> None:
     result = run_module(box_export.main, vbox["args"], [], missing_bins=("vagrant",))
     assert result["failed"] is True and "vagrant is not installed" in result["msg"]
+
+
+def test_libvirt_uses_vagrant_package_of_the_halted_machine(run_module, tmp_path: Path) -> None:
+    project = tmp_path / "proj"
+    (project / ".vagrant/machines/base/libvirt").mkdir(parents=True)
+    (project / ".vagrant/machines/base/libvirt/id").write_text("a1b2c3d4-libvirt-domain")
+    out = tmp_path / "out"
+    out.mkdir()
+    tmp = str(out / f".lv.box.{os.getpid()}.tmp")
+    status = (
+        "1700000000,base,metadata,provider,libvirt\n1700000000,base,provider-name,libvirt\n"
+        "1700000000,base,state,shutoff\n"
+    )
+    calls = [
+        call(["/usr/bin/vagrant", "status", "base", "--machine-readable"], stdout=status),
+        call(
+            ["/usr/bin/vagrant", "package", "base", "--output", tmp, "--machine-readable"],
+            check=lambda _kw: Path(tmp).write_bytes(b"libvirt-box"),
+        ),
+    ]
+    args = {"project_dir": str(project), "name": "base", "path": str(out / "lv.box")}
+    result = run_module(box_export.main, args, calls)
+    assert result["changed"] is True and result["provider"] == "libvirt"
+    assert result["halted"] is False and result["restarted"] is False
+    assert (out / "lv.box").read_bytes() == b"libvirt-box"
+    assert json.loads((out / "lv.box.json").read_text())["digest"] is None

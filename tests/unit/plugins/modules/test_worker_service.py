@@ -284,3 +284,16 @@ def test_documentation_matches_argument_spec(name: str, monkeypatch: pytest.Monk
         assert documented.get("choices") == actual.get("choices"), f"{name}.{option} choices"
         assert documented.get("elements") == actual.get("elements"), f"{name}.{option} elements"
         assert documented.get("description"), f"{name}.{option} has no description"
+
+
+def test_restarted_stops_gracefully_then_starts(run_module) -> None:
+    calls = [
+        show((W1, "active"), (W2, "inactive")),
+        call([SYSTEMCTL, "stop", "--no-block", "--", W1]),
+        show((W1, "inactive")),
+        call([SYSTEMCTL, "start", "--", W1, W2]),
+        show((W1, "active"), (W2, "active")),
+    ]
+    result = run_module(worker_service.main, {"name": ["worker-1", "worker-2"], "state": "restarted"}, calls)
+    assert result["changed"] is True
+    assert [w["state"] for w in result["workers"]] == ["active", "active"]
