@@ -151,6 +151,7 @@ import os
 import re
 import shutil
 import tempfile
+import traceback
 from typing import Any, Optional
 
 from ansible.module_utils.basic import AnsibleModule
@@ -656,6 +657,13 @@ def main() -> None:
             msg=f"exporting machine '{module.params['name']}' to {module.params['path']} failed: "
             f"{exc.strerror} ({exc.filename}) — {hint}",
             path=module.params["path"],
+        )
+    except (ValueError, KeyError, TypeError, RuntimeError) as exc:  # a bug or an odd host: no traceback
+        module.fail_json(
+            msg=f"box_export of machine '{module.params['name']}' failed unexpectedly: "
+            f"{type(exc).__name__}: {exc} — please report this with the "
+            "exception below",
+            exception=traceback.format_exc(),
         )
     module.exit_json(**result)
 

@@ -129,6 +129,7 @@ machine_folder:
 
 import os
 import shutil
+import traceback
 from typing import Any, Optional
 
 from ansible.module_utils.basic import AnsibleModule
@@ -379,6 +380,19 @@ def main() -> None:
         result = Environment(module).run()
     except (VBoxManageError, SystemctlError) as exc:
         module.fail_json(**exc.fail_kwargs())
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+        RuntimeError,
+    ) as exc:  # a bug or an odd host: no traceback
+        module.fail_json(
+            msg=f"virtualbox_env state={module.params['state']} failed unexpectedly: "
+            f"{type(exc).__name__}: {exc} — please report this with the "
+            "exception below",
+            exception=traceback.format_exc(),
+        )
     module.exit_json(**result)
 
 

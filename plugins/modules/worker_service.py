@@ -467,6 +467,19 @@ def main() -> None:
         result = WorkerService(module).run()
     except SystemctlError as exc:
         module.fail_json(**exc.fail_kwargs())
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+        RuntimeError,
+    ) as exc:  # a bug or an odd host: no traceback
+        module.fail_json(
+            msg=f"worker_service state={module.params['state']} failed unexpectedly: "
+            f"{type(exc).__name__}: {exc} — please report this with the "
+            "exception below",
+            exception=traceback.format_exc(),
+        )
     module.exit_json(**result)
 
 
