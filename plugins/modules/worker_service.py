@@ -148,8 +148,16 @@ workers:
       description: Whether SIGQUIT was sent after O(force_after).
       type: bool
     requeued:
-      description: Whether the worker was busy when it was forced, so its job went back to the queue.
+      description:
+        - Whether the job the worker was running when it was forced went back to a queue.
+        - With Redis this is checked in the queues (RV(workers[].requeued_to)); without Redis it means the
+          worker was busy when it got SIGQUIT.
       type: bool
+    requeued_to:
+      description: The queue that holds the requeued job (Redis only).
+      type: str
+      returned: when a forced job was looked up in Redis
+      sample: builds
 state_source:
   description: Where the busy/idle state came from, C(redis) or C(systemd).
   returned: always
@@ -193,6 +201,7 @@ class JobState:
         self.source = "systemd"
         self.reason: Optional[str] = None
         self._client = None
+        self._ns = namespace
         self._key = f"{namespace}:travis:vm_state"
         if not url:
             self.reason = "no redis_url was given"
@@ -230,6 +239,31 @@ class JobState:
         except ValueError:
             return {"state": to_text(raw)}
         return data if isinstance(data, dict) else {"state": to_text(data)}
+
+    def find_queued(self, job_id: str, depth: int = 200) -> Optional[str]:
+        """The queue that holds job ``job_id`` (the runner LPUSHes a requeued job to the head), or None."""
+        if self._client is None:
+            return None
+        try:
+            queues = sorted(self._client.smembers(f"{self._ns}:queues"))
+            for queue in queues:
+                for raw in self._client.lrange(f"{self._ns}:queue:{queue}", 0, depth - 1):
+                    if job_id_of(raw) == job_id:
+                        return to_text(queue)
+        except Exception as exc:
+            self.reason = f"Redis queue scan failed ({type(exc).__name__}: {exc})"
+        return None
+
+
+def job_id_of(raw: Any) -> Optional[str]:
+    """The job id of a resque envelope ``{"class": ..., "args": [{"job": {"id": ...}}]}``."""
+    try:
+        payload = json.loads(raw)["args"][0]
+        job = payload.get("job") or {}
+        job_id = job.get("id", payload.get("id"))
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return None
+    return None if job_id is None else to_text(job_id)
 
 
 def is_busy(job: Optional[dict[str, Any]], active_state: str) -> tuple[bool, Optional[str]]:
@@ -400,6 +434,12 @@ class WorkerService:
             if elapsed >= timeout:
                 break
             time.sleep(min(interval, max(0.05, timeout - elapsed)))
+        stopped = [w for w in workers if w["unit"] not in pending]
+        for w in stopped:
+            if w["forced"] and w["requeued"] and w["job_id"] and self.jobs.source == "redis":
+                queue = self.jobs.find_queued(w["job_id"])
+                w["requeued"] = queue is not None
+                w["requeued_to"] = queue
         if pending:
             for w in pending.values():
                 w["waited"] = round(time.monotonic() - start, 1)

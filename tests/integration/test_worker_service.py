@@ -278,6 +278,7 @@ def test_timeout_force_after_requeues_the_job(worker_box: Any, bridge_redis: tup
     log.info("forced stop of job 202 after force_after=4: waited %.1f s", worker["waited"])
     assert worker["name"] == "worker-1" and worker["state"] == "inactive"
     assert worker["busy"] is True and worker["forced"] is True and worker["requeued"] is True
+    assert worker["requeued_to"] == "builds"
     assert 4 <= worker["waited"] < 120
     queued = [json.loads(raw) for raw in client.lrange(f"{NS}:queue:builds", 0, -1)]
     assert [q["args"][0]["job"]["id"] for q in queued] == [202], f"job 202 not requeued: {queued}"

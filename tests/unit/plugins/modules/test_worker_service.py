@@ -42,6 +42,12 @@ class FakeRedis:
     def hget(self, key: str, field: str) -> str | None:
         return self.data.get(key, {}).get(field)
 
+    def smembers(self, key: str) -> set[str]:
+        return set(self.data.get(key, set()))
+
+    def lrange(self, key: str, start: int, end: int) -> list[str]:
+        return list(self.data.get(key, []))[start : end + 1]
+
 
 @pytest.fixture
 def fake_redis(monkeypatch: pytest.MonkeyPatch) -> type[FakeRedis]:
@@ -49,7 +55,12 @@ def fake_redis(monkeypatch: pytest.MonkeyPatch) -> type[FakeRedis]:
         "resque:travis:vm_state": {
             "worker-1": '{"state": "busy", "job_id": "4711", "since": 1700000000}',
             "worker-2": '{"state": "idle", "job_id": null}',
-        }
+        },
+        "resque:queues": {"builds"},
+        "resque:queue:builds": [  # what the runner LPUSHes when SIGQUIT interrupts job 4711
+            '{"class":"Travis::Worker","args":[{"job":{"id":4711}}],"attempts":0}',
+            '{"class":"Travis::Worker","args":[{"job":{"id":5000}}]}',
+        ],
     }
 
     class Module:
@@ -128,7 +139,7 @@ def test_force_after_requeues_busy_job(run_module, fake_redis) -> None:
     ]
     result = run_module(worker_service.main, args, calls)
     w1, w2 = result["workers"]
-    assert w1["forced"] and w1["requeued"] and w1["job_id"] == "4711"
+    assert w1["forced"] and w1["requeued"] and w1["job_id"] == "4711" and w1["requeued_to"] == "builds"
     assert w2["forced"] and not w2["requeued"]
 
 
@@ -297,3 +308,25 @@ def test_restarted_stops_gracefully_then_starts(run_module) -> None:
     result = run_module(worker_service.main, {"name": ["worker-1", "worker-2"], "state": "restarted"}, calls)
     assert result["changed"] is True
     assert [w["state"] for w in result["workers"]] == ["active", "active"]
+
+
+def test_forced_job_missing_from_queues_is_not_reported_requeued(run_module, fake_redis) -> None:
+    fake_redis.data["resque:queue:builds"] = []  # e.g. the runner gave up on it (max_attempts) instead
+    args = {
+        "name": ["worker-1"],
+        "state": "stopped",
+        "timeout": 30,
+        "force_after": 0,
+        "poll_interval": 0.1,
+        "redis_url": "redis://:s3cret@10.0.3.1:6390/0",
+    }
+    calls = [
+        show((W1, "active")),
+        call([SYSTEMCTL, "stop", "--no-block", "--", W1]),
+        show((W1, "deactivating")),
+        call([SYSTEMCTL, "kill", "--signal=SIGQUIT", "--kill-who=main", "--", W1]),
+        show((W1, "inactive")),
+        show((W1, "inactive")),
+    ]
+    (w1,) = run_module(worker_service.main, args, calls)["workers"]
+    assert w1["forced"] is True and w1["requeued"] is False and w1["requeued_to"] is None
