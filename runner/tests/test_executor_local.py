@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -205,3 +207,31 @@ def test_make_executor() -> None:
         make_executor("docker", project_dir=None, vm_name=None)
     with pytest.raises(ValueError, match=r"vms\.project_dir"):
         make_executor("lxc", project_dir=None, vm_name="worker-1")
+
+
+def test_build_dies_with_the_worker_even_on_kill_9(tmp_path: Path) -> None:
+    """A worker killed with SIGKILL mid-job must not leave its build running to the end."""
+    marker = tmp_path / "finished"
+    started = tmp_path / "started"
+    code = (
+        "import threading, sys\n"
+        "from travis_worker.executor import Limits\n"
+        "from travis_worker.executor_local import LocalExecutor\n"
+        f"script = \"trap '' HUP; touch {started}; sleep 2; touch {marker}\"\n"
+        "LocalExecutor().run(script, lambda b: None, threading.Event(), Limits(60, 60, 10**6))\n"
+    )
+    worker = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.monotonic() + 10
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert started.exists()
+    worker.kill()
+    worker.wait(5)
+    time.sleep(3)
+    assert not marker.exists(), "the build outlived its worker"
+
+
+def test_build_has_the_pty_as_controlling_terminal() -> None:
+    result, out = run("test -r /dev/tty && test -w /dev/tty && echo ok > /dev/tty")
+    assert result.state == "passed", out.text
+    assert "ok" in out.text

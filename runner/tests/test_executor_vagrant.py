@@ -298,7 +298,7 @@ def test_run_uploads_the_script_and_runs_it_under_setsid_with_a_tty(tmp_path: Pa
         'cat > "$HOME/.travis-worker/build.sh"',
     ]
     assert spawn.argv[-4:] == ["-tt", "-q", "worker-1", REMOTE_RUN]
-    assert "setsid -w" in REMOTE_RUN and "pgid" in REMOTE_RUN
+    assert "echo $$ >" in REMOTE_RUN and "exec bash" in REMOTE_RUN
     assert len(runner.calls) == 2  # no remote kill after a normal end
 
 
@@ -341,21 +341,26 @@ def test_make_executor_vagrant_providers(tmp_path: Path) -> None:
 
 
 def test_remote_commands_work_in_a_real_shell(tmp_path: Path) -> None:
-    """Run REMOTE_RUN / REMOTE_KILL with sh as the 'remote' shell: pgid file, setsid, group kill."""
+    """REMOTE_RUN / REMOTE_KILL with sh as the remote login shell (a session leader, as under sshd -tt)."""
     home = tmp_path / "home"
     (home / ".travis-worker").mkdir(parents=True)
     (home / ".travis-worker" / "build.sh").write_text('sleep 100 & echo $! > "$HOME/child"; sleep 100\n')
     env = {**os.environ, "HOME": str(home)}
     proc = subprocess.Popen(["sh", "-c", REMOTE_RUN], env=env, start_new_session=True)
     try:
-        pgid_file = home / ".travis-worker" / "pgid"
         deadline = time.monotonic() + 5
         while not (home / "child").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
-        pgid = int(pgid_file.read_text())
-        assert os.getpgid(int((home / "child").read_text())) == pgid != os.getpgid(proc.pid)
+        pgid = int((home / ".travis-worker" / "pgid").read_text())
+        child = int((home / "child").read_text())
+        assert pgid == proc.pid == os.getpgid(child)
         subprocess.run(["sh", "-c", REMOTE_KILL], env=env, check=True, timeout=5)
-        assert proc.wait(timeout=5) != 0  # the group was killed, not finished
+        assert proc.wait(timeout=5) == -9
+        deadline = time.monotonic() + 2
+        while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stat = Path(f"/proc/{child}/stat")
+        assert not stat.exists() or stat.read_text().split()[2] == "Z"
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -15,6 +15,7 @@ import fcntl
 import logging
 import os
 import select
+import shutil
 import signal
 import struct
 import subprocess
@@ -88,27 +89,45 @@ def kill_group(proc: subprocess.Popen, grace: float = _TERM_GRACE_SECONDS) -> No
     try:
         os.killpg(proc.pid, signal.SIGTERM)
     except ProcessLookupError:
-        return  # nothing left in the group
+        if proc.poll() is None:  # started, but not yet its own session (setsid not reached)
+            proc.kill()
+            proc.wait()
+        return
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=grace)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
 
 
+def _session_prefix() -> Optional[list[str]]:
+    """``setpriv --pdeathsig KILL setsid --ctty``: the build dies with the worker (even on kill -9) and
+    gets the PTY as its controlling terminal, so the kernel hangs up the whole session when it ends.
+    None when util-linux is missing (then Popen's ``start_new_session`` is used)."""
+    setpriv, setsid = shutil.which("setpriv"), shutil.which("setsid")
+    if setpriv and setsid:
+        return [setpriv, "--pdeathsig", "KILL", setsid, "--ctty"]
+    return None
+
+
 def spawn_in_pty(argv: list[str], *, cwd: Optional[str], env: dict[str, str]) -> tuple[subprocess.Popen, int]:
-    """Start ``argv`` in a new session, a pseudo-terminal as its stdio; return (proc, PTY master)."""
+    """Start ``argv`` as a session leader with a PTY as its stdio; return (proc, PTY master).
+
+    The process group id of the build is ``proc.pid``. The process must be spawned from the thread
+    that waits for it (a parent-death signal follows the spawning thread).
+    """
+    prefix = _session_prefix()
     master, slave = os.openpty()
     # A real terminal size: tools that draw progress bars or wrap lines ask for it.
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", _ROWS, _COLUMNS, 0, 0))
     try:
         proc = subprocess.Popen(
-            argv,
+            [*prefix, *argv] if prefix else argv,
             cwd=cwd,
             env=env,
             stdin=slave,
             stdout=slave,
             stderr=slave,
-            start_new_session=True,
+            start_new_session=prefix is None,
             close_fds=True,
         )
     except BaseException:

@@ -4,9 +4,10 @@
   missing) and started headless.
 * ``lxc``: vagrant-lxc has no snapshots: the machine is destroyed and brought up fresh from its box.
 
-SSH options come from ``vagrant ssh-config <vm>``. The remote script runs under ``setsid`` in its own
-process group whose id it writes to ``~/.travis-worker/pgid``; a limit or a cancel kills the local
-``ssh`` client and that remote group.
+SSH options come from ``vagrant ssh-config <vm>``. The remote script runs (``ssh -tt``) as the leader
+of the PTY session sshd made for it and writes its process group id to ``~/.travis-worker/pgid``; a
+limit or a cancel kills the local ``ssh`` client and that remote group (``kill -KILL -- -PGID``). If the
+worker dies, the ssh client dies with it and sshd hangs up the remote session.
 """
 
 from __future__ import annotations
@@ -36,8 +37,11 @@ log = logging.getLogger(__name__)
 
 REMOTE_DIR = "$HOME/.travis-worker"
 _UPLOAD = f'mkdir -p "{REMOTE_DIR}" && rm -f "{REMOTE_DIR}/pgid" && cat > "{REMOTE_DIR}/build.sh"'
-_INNER = f'echo $$ > "{REMOTE_DIR}/pgid" && exec bash --noprofile --norc "{REMOTE_DIR}/build.sh"'
-REMOTE_RUN = f'cd "$HOME" && exec setsid -w bash -c {shlex.quote(_INNER)}'
+# sshd makes the login shell of a PTY session a session leader; `exec` keeps that pid, so the build's
+# process group id is `$$`. A dropped connection hangs up that session (SIGHUP to the whole group).
+REMOTE_RUN = (
+    f'cd "$HOME" && echo $$ > "{REMOTE_DIR}/pgid" && exec bash --noprofile --norc "{REMOTE_DIR}/build.sh"'
+)
 _KILL = (
     f'f="{REMOTE_DIR}/pgid"; for i in 1 2 3 4 5 6 7 8 9 10; do [ -s "$f" ] && break; sleep 0.1; done; '
     'pg=$(cat "$f" 2>/dev/null) && kill -KILL -- "-$pg"'
