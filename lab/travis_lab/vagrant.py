@@ -191,11 +191,12 @@ class VagrantProject:
     def destroy(self) -> None:
         """`vagrant destroy -f`, then make sure each of this project's containers is gone."""
         t0 = time.monotonic()
-        for (
-            container
-        ) in self.machines.values():  # a clean shutdown of each VM costs ~20 s; they are throwaway
+        # The VMs are throwaway: kill and remove this project's containers directly (vagrant-lxc's own
+        # shutdown + destroy takes 20-40 s per machine), then let Vagrant forget them.
+        for container in self.machines.values():
             if Path("/var/lib/lxc", container).exists():
                 subprocess.run(["lxc-stop", "-n", container, "-k"], capture_output=True, check=False)
+                subprocess.run(["lxc-destroy", "-n", container, "-f"], capture_output=True, check=False)
         proc = self.vagrant("destroy", "-f", check=False, timeout=600)
         leftovers = []
         for container in self.machines.values():
