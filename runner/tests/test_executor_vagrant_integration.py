@@ -163,4 +163,28 @@ def test_vagrant_lxc_cancel_and_hard_limit_kill_the_remote_group(project: object
     assert time.monotonic() - started < 6
     left = survivors(project)
     assert left == "", f"remote sleep processes survived the hard limit: {left}"
+    # the worker dies (its ssh client is SIGKILLed, no remote kill is sent): sshd hangs the session up
+    procs: list[subprocess.Popen] = []
+    real_spawn = executor.spawn  # type: ignore[attr-defined]
+
+    def spawn(argv: list[str], **kwargs: object) -> tuple:
+        proc, master = real_spawn(argv, **kwargs)
+        procs.append(proc)
+        return proc, master
+
+    executor.spawn = spawn  # type: ignore[attr-defined]
+    out = Recorder()
+    results: list[object] = []
+    runner = threading.Thread(
+        target=lambda: results.append(executor.run(script, out, threading.Event(), LIMITS))
+    )
+    runner.start()
+    deadline = time.monotonic() + 30
+    while not any(b"started" in p for _, p in out.parts) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    procs[0].kill()
+    runner.join(15)
+    assert results and results[0].state == "errored", out.text  # type: ignore[attr-defined]
+    left = survivors(project)
+    assert left == "", f"remote sleep processes survived the dropped connection: {left}"
     print(f"cancel stopped in {stopped:.2f} s")
