@@ -46,7 +46,35 @@ RestartSec=5
 [Install]
 WantedBy=travis-worker.target
 """
+ROLE_TEMPLATES = ROOT / "roles" / "worker" / "templates"
+VENV = "/opt/twt-venv"
 TARGET = "[Unit]\nDescription=all travis-worker runners (twt)\n\n[Install]\nWantedBy=multi-user.target\n"
+
+
+def production_units() -> tuple[str, str] | None:
+    """The worker role's travis-worker@.service and target rendered for this box (root, a venv), or None."""
+    unit, target = ROLE_TEMPLATES / "travis-worker@.service.j2", ROLE_TEMPLATES / "travis-worker.target.j2"
+    if not (unit.is_file() and target.is_file()):
+        return None
+    import jinja2
+
+    env = jinja2.Environment(trim_blocks=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+    values = {
+        "ansible_managed": "Ansible managed (rendered by tests/integration/test_worker_service.py)",
+        "worker_config_dir": "/etc/travis-worker",
+        "worker_unit_after": [],
+        "worker_user": "root",
+        "worker_group": "root",
+        "worker_vm_provider": "local",
+        "worker_user_home": "/root",
+        "worker_venv": VENV,
+        "worker_shutdown_timeout": 3600,
+        "worker_stop_margin": 60,
+        "worker_unit_service_extra": [],
+    }
+    return env.from_string(unit.read_text()).render(values), env.from_string(target.read_text()).render(
+        values
+    )
 
 
 def wait_for(predicate, timeout: float, what: str, step: float = 0.3) -> Any:
@@ -120,15 +148,15 @@ def worker_box(bridge_redis: tuple[str, Any]) -> Iterator[Any]:
         t0 = time.monotonic()
         box.run(
             "apt-get update -q && apt-get install -y -q --no-install-recommends git python3-redis "
-            "python3-yaml python3-requests",
+            "python3-yaml python3-requests python3-venv python3-setuptools python3-wheel",
             timeout=900,
         )
         log.info("apt-get install in %s: %.1f s", box.name, time.monotonic() - t0)
         rootfs = box.lxc_path / box.name / "rootfs"
         shutil.copytree(
-            ROOT / "runner" / "src",
-            rootfs / "opt/twt-runner/src",
-            ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"),
+            ROOT / "runner",
+            rootfs / "opt/twt-runner",
+            ignore=shutil.ignore_patterns("*.egg-info", "__pycache__", "tests", "build"),
         )
         (rootfs / "etc/travis-worker").mkdir(parents=True)
         (rootfs / "etc/travis-worker/worker.yml").write_text(
@@ -141,8 +169,21 @@ def worker_box(bridge_redis: tuple[str, Any]) -> Iterator[Any]:
                 }
             )
         )
-        (rootfs / "etc/systemd/system/travis-worker@.service").write_text(UNIT)
-        (rootfs / "etc/systemd/system/travis-worker.target").write_text(TARGET)
+        units = production_units()
+        if (
+            units
+        ):  # the role's unit runs `<venv>/bin/travis-worker run`: install the runner like the role does
+            box.run(
+                f"python3 -m venv --system-site-packages {VENV} && "
+                f"{VENV}/bin/pip install -q --no-deps --no-build-isolation --no-index /opt/twt-runner",
+                timeout=600,
+            )
+        unit, target = units or (UNIT, TARGET)
+        log.info(
+            "unit: %s", "roles/worker/templates/travis-worker@.service.j2" if units else "the test's own"
+        )
+        (rootfs / "etc/systemd/system/travis-worker@.service").write_text(unit)
+        (rootfs / "etc/systemd/system/travis-worker.target").write_text(target)
         box.run("systemctl daemon-reload")
         commit = box.run(
             "git init -q -b master /srv/repo && cd /srv/repo && "
