@@ -211,3 +211,13 @@ def test_machine_folder_from_system_properties(run_module, env) -> None:
 def test_vboxmanage_missing(run_module, env) -> None:
     result = run_module(virtualbox_env.main, args(env, state="clean"), [], missing_bins=("VBoxManage",))
     assert result["failed"] is True and "install VirtualBox" in result["msg"]
+
+
+def test_clean_check_mode_changes_nothing(run_module, env) -> None:
+    result = run_module(
+        virtualbox_env.main, args(env, state="clean"), inventory(env["folder"]), check_mode=True
+    )
+    assert result["changed"] is True
+    assert [v["name"] for v in result["removed"]["vms"]] == ["travis-worker-2", "travis-worker-3"]
+    assert result["removed"]["folders"] == [str(env["folder"] / f"travis-worker-{i}") for i in (2, 3)]
+    assert (env["folder"] / "travis-worker-2").is_dir() and (env["folder"] / "travis-worker-3").is_dir()
