@@ -83,15 +83,17 @@ class Worker:
         self._check_held = True
         self._shutdown_timer: threading.Timer | None = None
         self._sigint_count = 0
+        self._state_lock = threading.Lock()
 
     # -- state in Redis ------------------------------------------------------------------------------
     def set_state(self, state: str) -> None:
-        if state != self.state:
-            self.state, self.state_since = state, now_iso()
-        try:
-            self._write_state()
-        except redis.RedisError as exc:
-            log.debug("state not written (%s); the next heartbeat writes it", exc)
+        with self._state_lock:  # never interleave with the heartbeat's write of the previous state
+            if state != self.state:
+                self.state, self.state_since = state, now_iso()
+            try:
+                self._write_state()
+            except redis.RedisError as exc:
+                log.debug("state not written (%s); the next heartbeat writes it", exc)
 
     def _write_state(self, pipe: Any = None) -> None:
         doc = {"state": self.state, "job_id": self.current_job, "vm": self.vm, "since": self.state_since}
@@ -153,11 +155,12 @@ class Worker:
         connected_since: float | None = None
         while True:
             try:
-                pipe = self.r.pipeline(transaction=True)
-                pipe.hset(self.keys.heartbeat, self.id, now_iso())
-                pipe.sadd(self.keys.workers, self.id)
-                self._write_state(pipe)
-                created = pipe.execute()[0]
+                with self._state_lock:
+                    pipe = self.r.pipeline(transaction=True)
+                    pipe.hset(self.keys.heartbeat, self.id, now_iso())
+                    pipe.sadd(self.keys.workers, self.id)
+                    self._write_state(pipe)
+                    created = pipe.execute()[0]
                 if created and beats > 0:
                     log.error("this worker had been reaped as dead (heartbeat too old); registered again")
                     self._abort_current("this worker was reaped as dead; the job was requeued by the reaper")
