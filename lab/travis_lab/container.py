@@ -354,3 +354,23 @@ def destroy_container(name: str, *, cache_dir: Path | None = None, lxc_path: Pat
 def lab_containers(cache_dir: Path | None = None, prefix: str | None = None) -> list[str]:
     names = State(cache_dir).names()
     return [n for n in names if prefix is None or n.startswith(prefix)]
+
+
+def stale_test_containers(cache_dir: Path | None = None) -> list[str]:
+    """twt- containers in the lab state whose creating process no longer exists."""
+    stale = []
+    for name, info in State(cache_dir).entries().items():
+        pid = info.get("pid")
+        if name.startswith("twt-") and isinstance(pid, int) and not _pid_alive(pid):
+            stale.append(name)
+    return sorted(stale)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

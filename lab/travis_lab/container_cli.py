@@ -24,11 +24,13 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
-    from travis_lab.container import destroy_container, lab_containers
+    from travis_lab.container import destroy_container, lab_containers, stale_test_containers
 
     names = list(args.names)
     if args.all_lab:
         names += [n for n in lab_containers(prefix="twlab-") if n not in names]
+    if args.stale_tests:
+        names += [n for n in stale_test_containers() if n not in names]
     if not names:
         raise LabError("teardown", "no container named", "give NAME(s) or --all-lab")
     for name in names:
@@ -81,6 +83,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     down = sub.add_parser("down", help="remove worker box containers the lab created")
     down.add_argument("names", nargs="*", metavar="NAME")
     down.add_argument("--all-lab", action="store_true", help="every twlab- container in the lab state")
+    down.add_argument(
+        "--stale-tests",
+        action="store_true",
+        help="twt- containers whose creating test process is gone (after a killed test run)",
+    )
     down.set_defaults(func=_down)
     status = sub.add_parser("status", help="box cache, bridge and lab containers")
     status.set_defaults(func=_status)

@@ -56,6 +56,9 @@ class State:
             return {}
         return data if isinstance(data, dict) else {}
 
+    def entries(self) -> dict[str, dict[str, object]]:
+        return self._read()
+
     def names(self) -> list[str]:
         return sorted(self._read())
 

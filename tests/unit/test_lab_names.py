@@ -96,3 +96,15 @@ def test_failing_lxc_net_is_reported(tmp_path: Path) -> None:
         ensure_bridge("twtnobr0", lxc_net=script)
     assert "exited 1" in exc.value.problem and "dnsmasq" in exc.value.problem
     assert "still missing" in exc.value.problem
+
+
+def test_stale_test_containers_are_those_of_dead_processes(tmp_path: Path) -> None:
+
+    from travis_lab.container import stale_test_containers
+
+    st = State(tmp_path)
+    st.add("twt-mine")  # this process: alive
+    with st.edit() as data:
+        data["twt-gone"] = {"pid": 2**22 + 12345}  # above pid_max: never alive
+        data["twlab-cli"] = {"pid": 2**22 + 12345}  # lab CLI containers are not test leftovers
+    assert stale_test_containers(tmp_path) == ["twt-gone"]
