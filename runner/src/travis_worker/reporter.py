@@ -102,22 +102,22 @@ class Sender(threading.Thread):
         self.transport = transport
         self.wake = threading.Event()
         self.stopping = threading.Event()
-        self.idle = threading.Event()
-        self.delivered = 0
 
     def run(self) -> None:
         backoff = BACKOFF_START
         while not self.stopping.is_set():
+            self.wake.clear()  # before looking: a notify() from now on is never lost
             try:
                 if self._send_one():
                     backoff = BACKOFF_START
                     continue
-                self.idle.set()
                 self.wake.wait(1.0)
-                self.wake.clear()
             except (redis.RedisError, DeliveryError) as exc:
-                self.idle.clear()
                 log.warning("report delivery failed (%s); retrying in %.1fs", exc, backoff)
+                self.stopping.wait(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+            except Exception:  # a bug must not silently stop reporting: log it, keep the report, retry
+                log.exception("report delivery crashed; retrying in %.1fs", backoff)
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
 
@@ -125,10 +125,17 @@ class Sender(threading.Thread):
         raw = self.r.lindex(self.outbox, 0)
         if raw is None:
             return False
-        self.idle.clear()
-        entry = json.loads(raw)
+        try:
+            entry = json.loads(raw)
+            if not isinstance(entry, dict) or not {"job_id", "type", "body"} <= entry.keys():
+                raise ValueError("not an outbox entry")
+        except ValueError:
+            log.error("dropping unreadable outbox entry %.200r", raw)
+            pipe = self.r.pipeline(transaction=True)
+            pipe.lrem(self.outbox, 1, raw)
+            pipe.execute()
+            return True
         self.transport.send(self.r, self.outbox, entry)
-        self.delivered += 1
         return True
 
     def notify(self) -> None:
