@@ -282,11 +282,14 @@ class Worker:
             return
         try:
             job = parse_job(strip_attempts(raw))
-        except PayloadError as exc:
-            reason = str(exc)
+        except Exception as exc:  # PayloadError, or a parser bug: either way this payload cannot run
+            exception = "PayloadError" if isinstance(exc, PayloadError) else exc.__class__.__name__
+            reason = str(exc) if isinstance(exc, PayloadError) else f"payload parser failed: {exc!r}"
+            if not isinstance(exc, PayloadError):
+                log.exception("the payload parser crashed")
             log.warning("bad payload sent to failed: %s", reason)
             push_with_retry(
-                lambda: self.queue.fail(raw, exception="PayloadError", error=reason),
+                lambda: self.queue.fail(raw, exception=exception, error=reason),
                 "recording a bad payload",
             )
             return
