@@ -197,7 +197,14 @@ class VagrantProject:
             if Path("/var/lib/lxc", container).exists():
                 subprocess.run(["lxc-stop", "-n", container, "-k"], capture_output=True, check=False)
                 subprocess.run(["lxc-destroy", "-n", container, "-f"], capture_output=True, check=False)
+        killed = time.monotonic()
         proc = self.vagrant("destroy", "-f", check=False, timeout=600)
+        log.info(
+            "destroy %s: containers removed in %.1f s, vagrant destroy %.1f s",
+            self.root.name,
+            killed - t0,
+            time.monotonic() - killed,
+        )
         leftovers = []
         for container in self.machines.values():
             if Path("/var/lib/lxc", container).exists():
