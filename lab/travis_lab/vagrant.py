@@ -17,6 +17,7 @@ from pathlib import Path
 from travis_lab import cache
 from travis_lab.boxbuild import BoxArtifact
 from travis_lab.errors import LabError
+from travis_lab.net import ensure_bridge
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +157,7 @@ class VagrantProject:
         return proc
 
     def up(self, timeout: float = 1800) -> None:
+        ensure_bridge()  # the box's containers attach to lxcbr0 (/etc/lxc/default.conf)
         t0 = time.monotonic()
         self.vagrant("up", "--provider=lxc", timeout=timeout)
         self.timings["up"] = round(time.monotonic() - t0, 1)
