@@ -115,6 +115,10 @@ def test_search_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
             {"worker.yml": {"vms": {"provider": "lxc"}}},
             "worker.yml: vms.project_dir: required when vms.provider",
         ),
+        (
+            {"worker.yml": {"vms": {"provider": "lxc", "project_dir": "/srv/vms", "count": 3}}},
+            "worker.yml: vm: required when vms.provider is lxc; set VM=worker-1 (.. worker-3)",
+        ),
         ({"worker.yml": "queue: [unclosed\n"}, "worker.yml: line"),
         ({"worker.yml": "- a list\n"}, "worker.yml: top level must be a map"),
     ],

@@ -249,6 +249,12 @@ def _check_required(values: dict[str, Any], origin: Mapping[str, str], where: st
         )
     if values["vms.provider"] != "local" and not values["vms.project_dir"]:
         raise ConfigError(f"{where}: vms.project_dir: required when vms.provider is {values['vms.provider']}")
+    if values["vms.provider"] != "local" and not values["vm"]:
+        first, last = f"{values['vms.name_prefix']}1", f"{values['vms.name_prefix']}{values['vms.count']}"
+        raise ConfigError(
+            f"{where}: vm: required when vms.provider is {values['vms.provider']}; "
+            f"set VM={first} (.. {last}), as travis-worker@<vm>.service does"
+        )
     if not values["queue"] or not re.match(r"^[A-Za-z0-9_.-]+$", values["queue"]):
         raise ConfigError(
             f"{origin.get('queue', where)}: queue: {values['queue']!r} must be letters, digits, _ . -"
