@@ -13,7 +13,7 @@ lab: setup
 	$(VENV)/python -m travis_lab demo
 
 lab-down: setup
-	$(VENV)/python -m travis_lab down
+	$(VENV)/python -m travis_lab demo --down
 
 test: setup
 	scripts/test

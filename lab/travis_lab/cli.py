@@ -41,18 +41,23 @@ def _parser() -> argparse.ArgumentParser:
     prune.set_defaults(func=_box_prune)
 
     _add_container_commands(sub)
+    # Listed for --help only: main() hands `demo ...` to travis_lab.demo, which parses its own options.
+    sub.add_parser("demo", help="main job: site.yml on a lab box, a demo build (--down removes it)")
     return parser
 
 
 def _add_container_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    try:
-        from travis_lab import container_cli
-    except ImportError:
-        return
+    from travis_lab import container_cli
+
     container_cli.add_commands(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["demo"]:
+        from travis_lab import demo
+
+        return demo.main(argv[1:])
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
