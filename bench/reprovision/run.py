@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             t_in, jobs_in = bench.measure("in_place", [*base, "twbench_toolchain"], n)
             t_bb, jobs_bb = bench.measure("base_box", [*base, "twbench_toolchain"], n)
             rows.append((n, t_in, t_bb, jobs_in, jobs_bb))
+            print(f"ROW N={n} in_place={t_in:.0f}s base_box={t_bb:.0f}s jobs={jobs_in}/{jobs_bb}", flush=True)
     finally:
         if box is not None and not args.keep:
             box.destroy()
