@@ -7,11 +7,9 @@ stop() and start() keep the data, as a production Redis with AOF would.
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -99,14 +97,3 @@ def persistent_redis() -> Iterator[RedisServer]:
 @pytest.fixture
 def client(redis_url: str) -> redis.Redis:
     return redis.Redis.from_url(redis_url, decode_responses=True)
-
-
-def worker_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("QUEUE", "TRAVIS_ENV", "VM", "VERBOSE")}
-    env["PYTHONPATH"] = str(RUNNER_SRC)
-    env.update(extra)
-    return env
-
-
-def python() -> str:
-    return sys.executable

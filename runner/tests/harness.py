@@ -24,6 +24,14 @@ GIT_ENV = {
 }
 
 
+def worker_env(**extra: str) -> dict[str, str]:
+    """This environment without the seed's worker overrides, with the runner's source importable."""
+    env = {k: v for k, v in os.environ.items() if k not in ("QUEUE", "TRAVIS_ENV", "VM", "VERBOSE")}
+    env["PYTHONPATH"] = str(RUNNER_SRC)
+    env.update(extra)
+    return env
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.02) -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -86,12 +94,8 @@ class WorkerProc:
         self.config_path = self.dir / "worker.yml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.log_path = self.dir / "worker.log"
-        extra_env = env or {}
-        env = {k: v for k, v in os.environ.items() if k not in ("QUEUE", "TRAVIS_ENV", "VM", "VERBOSE")}
-        env.update(extra_env)
-        env.update(
-            {"PYTHONPATH": str(RUNNER_SRC), "TMPDIR": str(self.dir / "tmp"), "TRAVIS_WORKER_CONFIG": ""}
-        )
+        env = worker_env(**(env or {}))
+        env.update({"TMPDIR": str(self.dir / "tmp"), "TRAVIS_WORKER_CONFIG": ""})
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "travis_worker", "run", "--config", str(self.config_path)],

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import python, worker_env
+from harness import worker_env
 from travis_worker.cli import EXIT_CONFIG, main
 from travis_worker.config import MIB, ConfigError, deep_merge, load_config
 
@@ -142,7 +143,7 @@ def test_missing_file_names_it(tmp_path: Path) -> None:
 def test_cli_exit_code_and_single_line(tmp_path: Path) -> None:
     bad = write(tmp_path / "worker.yml", {"timeouts": {"hard_limt": 5}})
     done = subprocess.run(
-        [python(), "-m", "travis_worker", "--config", str(bad), "run"],
+        [sys.executable, "-m", "travis_worker", "--config", str(bad), "run"],
         capture_output=True,
         text=True,
         env=worker_env(),

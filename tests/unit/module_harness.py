@@ -2,7 +2,7 @@
 
 Usage in a test::
 
-    from conftest import call, recorded   # or use the fixtures below
+    from module_harness import call, recorded   # or use the run_module fixture (tests/unit/conftest.py)
 
     def test_halt(run_module):
         result = run_module(vagrant_vm.main, {"project_dir": "/p", "state": "halted"}, [
@@ -34,8 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 from unittest import mock
-
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -162,7 +160,6 @@ def _bind(fake: FakeRunCommand):
     return run_command
 
 
-@pytest.fixture
-def run_module() -> Callable[..., dict]:
-    """Run a module's main() against expected commands; see the module docstring."""
+def run_module_fixture() -> Callable[..., dict]:
+    """What the ``run_module`` fixture gives: see the module docstring."""
     return _run_module

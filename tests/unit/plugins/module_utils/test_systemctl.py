@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from ansible_collections.travis.worker.plugins.module_utils import systemctl as sc
-from conftest import recorded
+from module_harness import recorded
 
 W1, W2 = "travis-worker@worker-1.service", "travis-worker@worker-2.service"
 

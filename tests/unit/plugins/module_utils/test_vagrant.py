@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from ansible_collections.travis.worker.plugins.module_utils import vagrant as v
-from conftest import recorded
+from module_harness import recorded
 
 
 def lines(fixture: str) -> list:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from ansible_collections.travis.worker.plugins.module_utils import vboxmanage as vbm
-from conftest import recorded
+from module_harness import recorded
 
 U1 = "2b1c7a4e-5a3f-4d2e-9d0b-0c1e2f3a4b5c"
 U3 = "c0ffee00-1234-4abc-9def-0123456789ab"

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from ansible_collections.travis.worker.plugins.modules import box_export
-from conftest import call
+from module_harness import call
 
 LXC_NAME = "twt-proj_base_1700000000123_45678"
 VAGRANT_UID = 1000 if os.geteuid() == 0 else os.getuid()  # chown to another uid needs root

@@ -10,7 +10,7 @@ from unittest.mock import ANY
 
 import pytest
 from ansible_collections.travis.worker.plugins.modules import vagrant_box
-from conftest import call
+from module_harness import call
 
 V = "/usr/bin/vagrant"
 MR = "--machine-readable"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from ansible_collections.travis.worker.plugins.modules import vagrant_vm
-from conftest import call
+from module_harness import call
 
 V = "/usr/bin/vagrant"
 MR = "--machine-readable"

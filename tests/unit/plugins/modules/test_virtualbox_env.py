@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from ansible_collections.travis.worker.plugins.modules import virtualbox_env
-from conftest import call, recorded
+from module_harness import call, recorded
 
 VBOX = "/usr/bin/VBoxManage"
 SYSTEMCTL = "/usr/bin/systemctl"

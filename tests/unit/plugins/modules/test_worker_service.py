@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from ansible_collections.travis.worker.plugins.modules import worker_service
-from conftest import call
+from module_harness import call
 
 SYSTEMCTL = "/usr/bin/systemctl"
 PROPS = "--property=Id,LoadState,ActiveState,SubState,MainPID,UnitFileState"
