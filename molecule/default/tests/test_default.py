@@ -63,7 +63,9 @@ def test_token_not_world_readable(host):
 
 
 def test_merged_config_masks_token(host):
-    out = host.check_output("runuser -u travis -- /opt/travis-worker/bin/travis-worker config")
+    # the runner wants a VM name with a VM provider, as the units give it (Environment=VM=%i)
+    runner = "/opt/travis-worker/bin/travis-worker"
+    out = host.check_output(f"runuser -u travis -- env VM=worker-1 {runner} config")
     assert TOKEN not in out
     assert "lxc" in out
 
@@ -151,7 +153,7 @@ def test_real_job_passes_in_a_worker_vm(host, redis_client):
     }
     quoted = shlex.quote(json.dumps(payload))
     host.check_output(f"printf %s {quoted} > /tmp/twt-job.json")
-    host.check_output("/opt/travis-worker/bin/travis-worker enqueue /tmp/twt-job.json")
+    host.check_output("env VM=worker-1 /opt/travis-worker/bin/travis-worker enqueue /tmp/twt-job.json")
     deadline = time.time() + 900
     finished = None
     while time.time() < deadline and finished is None:
