@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -38,10 +39,9 @@ from travis_lab.errors import LabError
 
 log = logging.getLogger(__name__)
 
-HOST_ADDR = "10.0.3.1"
-HOST_CA_DIR = Path(
-    "/usr/local/share/ca-certificates"
-)  # the host on lxcbr0, as seen from the box container and (through NAT) its VMs
+HOST_ADDR = "10.0.3.1"  # the host on lxcbr0, as seen from the box container and (through NAT) its VMs
+HOST_CA_DIR = Path("/usr/local/share/ca-certificates")
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STEPS = 7
 
@@ -237,6 +237,7 @@ def _follow(progress: Progress, ciapp_log: Path, job_id: int, timeout: float) ->
             if line.startswith(prefix_log):
                 body = json.loads(line[len(prefix_log) :])
                 for text in str(body.get("log", "")).splitlines():
+                    text = ANSI_ESCAPE.sub("", text.rsplit("\r", 1)[-1])  # terminal progress: last state only
                     progress.say(f"    | {text}")
             elif line.startswith(prefix_state):
                 body = json.loads(line[len(prefix_state) :])
