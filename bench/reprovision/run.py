@@ -115,6 +115,7 @@ class Bench:
         took = self.play(
             "playbooks/reprovision.yml",
             "-e", f"strategy={strategy}",
+            "-e", f"worker_vms_count={n}",
             "-e", json.dumps({"worker_vms_recipes": recipes, "reprovision_recipe_revision": f"{n}-{t0}"}),
         )  # fmt: skip
         stop.set()
