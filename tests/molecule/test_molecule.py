@@ -37,7 +37,10 @@ def _env(scenario: str) -> dict[str, str]:
 
 @pytest.mark.molecule
 @pytest.mark.timeout(3600)
-@pytest.mark.parametrize("scenario", SCENARIOS)
+# One xdist group per scenario: under `scripts/test` the scenarios run side by side (see conftest.py).
+@pytest.mark.parametrize(
+    "scenario", [pytest.param(s, marks=pytest.mark.xdist_group(f"molecule-{s}")) for s in SCENARIOS]
+)
 def test_molecule_scenario(scenario: str) -> None:
     argv = [str(VENV_BIN / "molecule"), "test", "-s", scenario]
     started = time.monotonic()
