@@ -3,8 +3,9 @@
 
 Usage: vm_facts.py PROJECT_DIR PROVIDER BOX_NAME STATE_DIR VM...
 
-Read-only. For each VM: whether Vagrant created it, the box name/version it was created from (Vagrant's
-`.vagrant/machines/<vm>/<provider>/box_meta`) and the playbooks' record `<STATE_DIR>/<vm>.json` (recipe digest).
+Read-only. For each VM: whether Vagrant created it, the box name/version it was created from
+(Vagrant's `.vagrant/machines/<vm>/<provider>/box_meta`) and the playbooks' record
+`<STATE_DIR>/<vm>.json` (recipe digest).
 Also the installed versions of BOX_NAME for PROVIDER (from the Vagrant home, no `vagrant` call) and the
 playbooks' box record `<STATE_DIR>/boxes.json`.
 """
