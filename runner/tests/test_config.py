@@ -154,6 +154,30 @@ def test_cli_exit_code_and_single_line(tmp_path: Path) -> None:
     assert f"{bad}: timeouts.hard_limt: unknown key" in done.stderr
 
 
+def test_only_run_needs_a_vm(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "worker.yml", {"vms": {"provider": "lxc", "project_dir": str(tmp_path), "count": 2}}
+    )
+    shown = subprocess.run(
+        [sys.executable, "-m", "travis_worker", "--config", str(path), "config"],
+        capture_output=True,
+        text=True,
+        env=worker_env(),
+        timeout=30,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "provider: lxc" in shown.stdout
+    run = subprocess.run(
+        [sys.executable, "-m", "travis_worker", "--config", str(path), "run"],
+        capture_output=True,
+        text=True,
+        env=worker_env(),
+        timeout=30,
+    )
+    assert run.returncode == EXIT_CONFIG
+    assert "vm: required when vms.provider is lxc; set VM=worker-1 (.. worker-2)" in run.stderr
+
+
 def test_cli_config_masks_secrets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write(
         tmp_path / "worker.yml",

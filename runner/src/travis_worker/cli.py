@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        cfg = load_config(getattr(args, "config", None))
+        # Only `run` serves a VM; the other commands work on a box without VM=... set.
+        cfg = load_config(getattr(args, "config", None), require_vm=args.command == "run")
     except ConfigError as exc:
         print(f"travis-worker: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

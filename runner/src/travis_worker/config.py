@@ -186,8 +186,14 @@ def _coerce_env(key: str, raw: str) -> Any:
     return raw
 
 
-def load_config(path: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
-    """Read, merge, override and validate. Raises ConfigError with one line naming file and key."""
+def load_config(
+    path: str | None = None, environ: Mapping[str, str] | None = None, *, require_vm: bool = True
+) -> Config:
+    """Read, merge, override and validate. Raises ConfigError with one line naming file and key.
+
+    ``require_vm=False`` is for commands that serve no VM (config, status, enqueue, ...): they work on a box
+    with ``vms.provider`` lxc/virtualbox without ``VM`` set; ``run`` needs it.
+    """
     environ = os.environ if environ is None else environ
     base_path = find_config(path, environ)
     sources: list[str] = []
@@ -228,11 +234,13 @@ def load_config(path: str | None = None, environ: Mapping[str, str] | None = Non
         if key in POSITIVE and value is not None and value <= 0:
             raise ConfigError(f"{src}: {key}: must be greater than 0, got {value!r}")
         values[key] = value
-    _check_required(values, origin, where)
+    _check_required(values, origin, where, require_vm=require_vm)
     return Config(values=values, sources=tuple(sources))
 
 
-def _check_required(values: dict[str, Any], origin: Mapping[str, str], where: str) -> None:
+def _check_required(
+    values: dict[str, Any], origin: Mapping[str, str], where: str, *, require_vm: bool
+) -> None:
     if values["reporter"] is None:
         values["reporter"] = "http" if values["travis.url"] else "redis"
     if values["reporter"] == "http":
@@ -249,7 +257,7 @@ def _check_required(values: dict[str, Any], origin: Mapping[str, str], where: st
         )
     if values["vms.provider"] != "local" and not values["vms.project_dir"]:
         raise ConfigError(f"{where}: vms.project_dir: required when vms.provider is {values['vms.provider']}")
-    if values["vms.provider"] != "local" and not values["vm"]:
+    if require_vm and values["vms.provider"] != "local" and not values["vm"]:
         first, last = f"{values['vms.name_prefix']}1", f"{values['vms.name_prefix']}{values['vms.count']}"
         raise ConfigError(
             f"{where}: vm: required when vms.provider is {values['vms.provider']}; "
