@@ -9,7 +9,15 @@ import redis
 from harness import wait_for
 from travis_lab.ciapp import CIApp
 from travis_worker.keys import Keys
-from travis_worker.reporter import HttpTransport, LogStream, RedisTransport, Sender, log_entry, state_entry
+from travis_worker.reporter import (
+    LOG_PART_BYTES,
+    HttpTransport,
+    LogStream,
+    RedisTransport,
+    Sender,
+    log_entry,
+    state_entry,
+)
 
 K = Keys("resque")
 WID = "host:1:builds"
@@ -87,6 +95,6 @@ def test_log_stream_numbers_parts_and_keeps_utf8_whole(client: redis.Redis) -> N
     final = json.loads(stream.close())
     parts = [json.loads(x)["body"] for x in client.lrange(K.outbox(WID), 0, -1)]
     assert [p["number"] for p in parts] == list(range(1, len(parts) + 1))
-    assert len(parts) >= 2  # 16 KiB parts
+    assert len(parts) >= 2 and all(len(p["log"]) <= LOG_PART_BYTES for p in parts)  # bounded parts
     assert "".join(p["log"] for p in parts) == text
     assert final["body"] == {"id": 3, "number": len(parts) + 1, "log": "", "final": True}

@@ -218,9 +218,13 @@ class LogStream:
                 self._size = 0
             if not text:
                 return
-            self.number += 1
-            entry = log_entry(self.job_id, self.number, text)
-            push_with_retry(lambda: self.r.rpush(self.outbox, entry), f"queueing log part {self.number}")
+            # Parts are at most LOG_PART_BYTES characters even when this thread fell behind the build.
+            for start in range(0, len(text), LOG_PART_BYTES):
+                self.number += 1
+                entry = log_entry(self.job_id, self.number, text[start : start + LOG_PART_BYTES])
+                push_with_retry(
+                    lambda e=entry: self.r.rpush(self.outbox, e), f"queueing log part {self.number}"
+                )
             self.notify()
 
     def close(self) -> str:
