@@ -1,4 +1,7 @@
-"""Run each Molecule scenario (`molecule test -s <scenario>`) from the repository root, output streamed live.
+"""Run a Molecule scenario (`molecule test -s <scenario>`) from the repository root, output streamed live.
+
+One test file per scenario (test_molecule_<scenario>.py), so that `scripts/test` runs them side by side
+(pytest-xdist `--dist loadfile`).
 
 The scenarios need LXC, the lab's base box and redis-server on this machine (see molecule/*/molecule.yml);
 each one creates its own twt- box container and removes it at the end.
@@ -14,11 +17,8 @@ import time
 import uuid
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = ROOT / ".venv" / "bin"
-SCENARIOS = ("default", "virtualbox")
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +35,8 @@ def _env(scenario: str) -> dict[str, str]:
     return env
 
 
-@pytest.mark.molecule
-@pytest.mark.timeout(3600)
-# One xdist group per scenario: under `scripts/test` the scenarios run side by side (see conftest.py).
-@pytest.mark.parametrize(
-    "scenario", [pytest.param(s, marks=pytest.mark.xdist_group(f"molecule-{s}")) for s in SCENARIOS]
-)
-def test_molecule_scenario(scenario: str) -> None:
+def run_scenario(scenario: str) -> None:
+    """`molecule test -s scenario`; fails the calling test with the last 200 lines when it fails."""
     argv = [str(VENV_BIN / "molecule"), "test", "-s", scenario]
     started = time.monotonic()
     proc = subprocess.Popen(
