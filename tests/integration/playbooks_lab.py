@@ -184,8 +184,9 @@ def wait_finished(lab: Lab, ids: list[int], timeout: float = 900) -> dict[int, s
 
 
 def vms_of(lab: Lab) -> list[str]:
-    out = lab.sh(f"ls {PROJECT}/.vagrant/machines 2>/dev/null || true").split()
-    return sorted(v for v in out if re.fullmatch(r"worker-\d+", v))
+    """Worker VMs that exist: Vagrant keeps a destroyed machine's directory and removes only its `id` file."""
+    out = lab.sh(f"cd {PROJECT}/.vagrant/machines 2>/dev/null && ls -d */*/id 2>/dev/null || true").split()
+    return sorted({p.split("/", 1)[0] for p in out if re.fullmatch(r"worker-\d+/\w+/id", p)})
 
 
 def drift_report(lab: Lab, *extra: str) -> str:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from playbooks_lab import Lab, check_reprovision
 
-pytestmark = pytest.mark.integration
+# The converged lab (site.yml) is part of this test's time: a budget like the Molecule scenarios'.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(3600)]
 
 
 def test_reprovision_base_box_keeps_serving_and_ends_without_drift(lab: Lab) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from playbooks_lab import Lab, vms_of
 
-pytestmark = pytest.mark.integration
+# The converged lab (site.yml) is part of this test's time: a budget like the Molecule scenarios'.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(3600)]
 
 
 def test_scale_5_3_4_touches_only_what_it_must(lab: Lab) -> None:
