@@ -19,6 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = ROOT / ".venv" / "bin"
+LOGS = ROOT / ".cache" / "logs"
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +44,19 @@ def run_scenario(scenario: str) -> None:
         argv, cwd=ROOT, env=_env(scenario), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     assert proc.stdout is not None
+    # The whole output also goes to .cache/logs/molecule-<scenario>.log: under xdist pytest keeps a passing
+    # test's output to itself, and scripts/test prints the PLAY RECAP lines from there.
+    LOGS.mkdir(parents=True, exist_ok=True)
     tail: list[str] = []
-    for line in proc.stdout:
-        sys.stdout.write(line)
-        sys.stdout.flush()
-        tail = [*tail[-199:], line]
-    rc = proc.wait()
-    took = time.monotonic() - started
+    with open(LOGS / f"molecule-{scenario}.log", "w", encoding="utf-8") as saved:
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            saved.write(line)
+            tail = [*tail[-199:], line]
+        rc = proc.wait()
+        took = time.monotonic() - started
+        saved.write(f"==> molecule test -s {scenario}: rc {rc} in {took:.0f} s\n")
     log.info("molecule test -s %s: rc %s in %.0f s", scenario, rc, took)
     last = "".join(tail)
     assert rc == 0, f"`molecule test -s {scenario}` exited {rc} after {took:.0f} s; last lines:\n{last}"
