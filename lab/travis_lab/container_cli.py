@@ -32,7 +32,10 @@ def _down(args: argparse.Namespace) -> int:
     if args.stale_tests:
         names += [n for n in stale_test_containers() if n not in names]
     if not names:
-        raise LabError("teardown", "no container named", "give NAME(s) or --all-lab")
+        if args.all_lab or args.stale_tests:  # a sweep that finds nothing has nothing to do
+            print("nothing to remove")
+            return 0
+        raise LabError("teardown", "no container named", "give NAME(s), --all-lab or --stale-tests")
     for name in names:
         try:
             destroy_container(name)
