@@ -50,13 +50,17 @@ def _down(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from travis_lab.boxbuild import lookup, make_inputs
     from travis_lab.container import container_ips, container_state, lab_containers
-    from travis_lab.net import bridge_up
+    from travis_lab.net import bridge_up, dnsmasq_pid
 
     box = lookup(make_inputs())
     print(f"box:    {box.path if box else 'not built (python -m travis_lab box build)'}")
     if box:
         print(f"        built {box.built_at}, sha256 {box.sha256[:16]}")
-    print(f"bridge: lxcbr0 {'up' if bridge_up() else 'DOWN'}")
+    pid = dnsmasq_pid()
+    dhcp = (
+        f"DHCP by dnsmasq pid {pid}" if pid else "NO DHCP server (dnsmasq not running: `up` restarts lxc-net)"
+    )
+    print(f"bridge: lxcbr0 {'up, ' + dhcp if bridge_up() else 'DOWN'}")
     names = lab_containers()
     print(f"containers created by the lab: {len(names)}")
     for n in names:

@@ -77,27 +77,6 @@ def test_make_project_layout(tmp_path: Path) -> None:
         make_project(1, name_prefix="Bad Name", parent=tmp_path)
 
 
-def test_missing_bridge_without_lxc_net_names_step_and_remedy(tmp_path: Path) -> None:
-    from travis_lab.net import ensure_bridge
-
-    with pytest.raises(LabError) as exc:
-        ensure_bridge("twtnobr0", lxc_net=tmp_path / "lxc-net")
-    assert exc.value.step == "lxc-net"
-    assert "twtnobr0" in exc.value.problem and "apt-get install" in exc.value.remedy
-
-
-def test_failing_lxc_net_is_reported(tmp_path: Path) -> None:
-    from travis_lab.net import ensure_bridge
-
-    script = tmp_path / "lxc-net"
-    script.write_text("#!/bin/sh\necho 'dnsmasq: failed to create listening socket' >&2\nexit 1\n")
-    script.chmod(0o755)
-    with pytest.raises(LabError) as exc:
-        ensure_bridge("twtnobr0", lxc_net=script)
-    assert "exited 1" in exc.value.problem and "dnsmasq" in exc.value.problem
-    assert "still missing" in exc.value.problem
-
-
 def test_stale_test_containers_are_those_of_dead_processes(tmp_path: Path) -> None:
 
     from travis_lab.container import stale_test_containers
