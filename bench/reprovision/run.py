@@ -57,42 +57,81 @@ class Bench:
         self.inventory = work / "inventory.ini"
 
     def play(self, playbook: str, *args: str) -> float:
+        """Run one playbook; its log gets each line prefixed with the seconds since start, and the time
+        spent in each play is printed (where a strategy spends its time)."""
         argv = [str(ROOT / ".venv/bin/ansible-playbook"), "-i", str(ROOT / "inventories/lab"),
                 "-i", str(self.inventory), str(ROOT / playbook), *args]  # fmt: skip
         t0 = time.monotonic()
-        log = self.work / f"{int(t0)}-{Path(playbook).stem}.log"
+        log = self.work / f"{int(time.time())}-{Path(playbook).stem}.log"
+        plays: list[tuple[str, float]] = []
         with log.open("w") as fh:
-            rc = subprocess.run(
-                argv, cwd=ROOT, env=self.env, stdout=fh, stderr=subprocess.STDOUT, check=False
-            ).returncode
+            proc = subprocess.Popen(
+                argv, cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                now = time.monotonic() - t0
+                fh.write(f"[{now:7.1f}] {line}")
+                if line.startswith("PLAY [") and not line.startswith("PLAY RECAP"):
+                    plays.append((line[6:].split("]")[0], now))
+            rc = proc.wait()
         took = time.monotonic() - t0
         print(f"  {playbook} {' '.join(args)}: rc={rc} {took:.0f} s (log {log})", flush=True)
+        ends = [t for _, t in plays[1:]] + [took]
+        for (name, start), end in zip(plays, ends):
+            if end - start >= 5:
+                print(f"      {end - start:6.0f} s  {name}", flush=True)
         if rc != 0:
             raise SystemExit(f"bench: {playbook} failed, see {log}")
         return took
 
-    def finished_count(self) -> int:
-        n = 0
+    def enqueue(self, tag: str) -> int:
+        job_id = int(time.time() * 1000) % 1_000_000_000
+        payload = {
+            "uuid": f"twt-bench-{tag}-{job_id}",
+            "repository": {"slug": "twt/bench", "source_url": f"{self.git_url}/demo.git"},
+            "job": {"id": job_id, "number": "1.1", "commit": self.commit, "branch": "main"},
+            "config": {"script": ["python3 -m unittest test_calc"]},
+        }
+        self.redis.sadd(f"{NS}:queues", "builds")
+        self.redis.rpush(f"{NS}:queue:builds", json.dumps({"class": "Travis::Worker", "args": [payload]}))
+        return job_id
+
+    def round_trip(self, timeout: float = 900) -> float:
+        """One job through the workers before measuring: the bench counts jobs, so they must work."""
+        t0 = time.monotonic()
+        job_id = self.enqueue("probe")
+        while time.monotonic() - t0 < timeout:
+            if job_id in self.finished_ids():
+                took = time.monotonic() - t0
+                print(f"  probe job {job_id}: finished in {took:.0f} s (sandbox reset + build)", flush=True)
+                return took
+            time.sleep(2)
+        raise SystemExit(f"bench: probe job {job_id} not finished after {timeout:.0f} s; {self.diagnose()}")
+
+    def diagnose(self) -> str:
+        workers = self.redis.smembers(f"{NS}:workers")
+        return (
+            f"queue {self.redis.llen(f'{NS}:queue:builds')}, failed {self.redis.llen(f'{NS}:failed')}, "
+            f"workers {sorted(workers)}; on the box: journalctl -u 'travis-worker@*'"
+        )
+
+    def finished_ids(self) -> set[int]:
+        out = set()
         for raw in self.redis.lrange(f"{NS}:reporting:jobs", 0, -1):
             body = json.loads(raw).get("body", {})
-            n += body.get("state") == "finished"
-        return n
+            if body.get("state") == "finished":
+                out.add(int(body.get("id", -1)))
+        return out
+
+    def finished_count(self) -> int:
+        return len(self.finished_ids())
 
     def feed(self, stop: threading.Event) -> None:
         """Keep at least 2 short jobs queued until `stop`."""
         while not stop.is_set():
             if self.redis.llen(f"{NS}:queue:builds") < 2:
-                job_id = int(time.time() * 1000) % 1_000_000_000
-                payload = {
-                    "uuid": f"twt-bench-{job_id}",
-                    "repository": {"slug": "twt/bench", "source_url": f"{self.git_url}/demo.git"},
-                    "job": {"id": job_id, "number": "1.1", "commit": self.commit, "branch": "main"},
-                    "config": {"script": ["python3 -m unittest test_calc"]},
-                }
-                self.redis.sadd(f"{NS}:queues", "builds")
-                self.redis.rpush(
-                    f"{NS}:queue:builds", json.dumps({"class": "Travis::Worker", "args": [payload]})
-                )
+                self.enqueue("load")
             stop.wait(1)
 
     def reset_boxes(self) -> None:
@@ -120,7 +159,12 @@ class Bench:
         )  # fmt: skip
         stop.set()
         feeder.join()
-        return took, self.finished_count() - before
+        done = self.finished_count() - before
+        left = self.redis.delete(f"{NS}:queue:builds")  # leftover load must not delay the next probe
+        if left:
+            print("    (cleared the jobs the feeder left queued)", flush=True)
+        print(f"    jobs finished during the run: {done}; {self.diagnose()}", flush=True)
+        return took, done
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             bench.play("playbooks/scale.yml", "-e", f"worker_vms_count={n}")
             bench.reset_boxes()
             bench.play("playbooks/rebuild.yml", "-e", f"worker_vms_count={n}")
+            bench.round_trip()
             t_in, jobs_in = bench.measure("in_place", [*base, "twbench_toolchain"], n)
             t_bb, jobs_bb = bench.measure("base_box", [*base, "twbench_toolchain"], n)
             rows.append((n, t_in, t_bb, jobs_in, jobs_bb))
