@@ -12,7 +12,7 @@ from typing import Optional
 import pytest
 from travis_worker.executor import Limits, SandboxError, make_executor, spawn_in_pty
 from travis_worker.executor_vagrant import REMOTE_KILL, REMOTE_RUN, VagrantExecutor
-from travis_worker.vagrant import CommandError, Completed, cli_env, parse_ssh_config, run_cli
+from travis_worker.vagrant import CommandError, Completed, LxcSandbox, cli_env, parse_ssh_config, run_cli
 
 FIXTURES = Path(__file__).parent / "fixtures" / "vagrant"
 UUID = "7d1c8f5e-4b2a-4c19-9a77-3e0f2b6d9c01"
@@ -56,6 +56,7 @@ def ssh_ready(tmp_path: Path) -> tuple[list[str], int, str, str]:
 
 def executor(tmp_path: Path, runner: FakeRunner, provider: str = "virtualbox", **kw) -> VagrantExecutor:
     (tmp_path / "state").mkdir(exist_ok=True)
+    kw.setdefault("lxc_sandbox", LxcSandbox(runner=runner, helper=str(tmp_path / "twt-no-such-helper")))
     return VagrantExecutor(
         provider,
         project_dir=str(tmp_path),
@@ -177,7 +178,9 @@ def test_virtualbox_without_vagrant_id_tells_to_run_vagrant_up(tmp_path: Path) -
         executor(tmp_path, FakeRunner([])).prepare()
 
 
-def test_lxc_prepare_destroys_and_brings_the_machine_up_fresh(tmp_path: Path) -> None:
+def test_lxc_without_the_helper_destroys_and_brings_the_machine_up_fresh(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     runner = FakeRunner(
         [
             (["vagrant", "destroy", "-f", "worker-1"], 0, "==> worker-1: Destroying...\n", ""),
@@ -186,7 +189,9 @@ def test_lxc_prepare_destroys_and_brings_the_machine_up_fresh(tmp_path: Path) ->
             ssh_ready(tmp_path),
         ]
     )
-    executor(tmp_path, runner, provider="lxc").prepare()
+    with caplog.at_level("WARNING"):
+        executor(tmp_path, runner, provider="lxc").prepare()
+    assert "recipes applied to it are lost" in caplog.text and "twt-no-such-helper" in caplog.text
     assert [c["argv"] for c in runner.calls[:2]] == [
         ["vagrant", "destroy", "-f", "worker-1"],
         ["vagrant", "up", "worker-1", "--provider=lxc"],
@@ -372,3 +377,130 @@ def test_parse_recorded_vagrant_lxc_ssh_config() -> None:
     assert hosts["worker-1"]["hostname"].startswith("10.0.3.")
     assert hosts["worker-1"]["user"] == "vagrant"
     assert hosts["worker-1"]["identityfile"].endswith("/.vagrant/machines/worker-1/lxc/private_key")
+
+
+# --- LXC with the sandbox helper (travis-worker-lxc-sandbox) ----------------------------------------------
+
+CONTAINER = "worker_worker-1_1764300000123_42"
+
+
+def lxc_project(tmp_path: Path, created: bool = True) -> Path:
+    machine = tmp_path / ".vagrant" / "machines" / "worker-1" / "lxc"
+    machine.mkdir(parents=True)
+    if created:
+        (machine / "id").write_text(CONTAINER)
+    return tmp_path
+
+
+def helper(tmp_path: Path) -> str:
+    path = tmp_path / "travis-worker-lxc-sandbox"
+    path.write_text("#!/bin/sh\nexit 99\n")  # never run: the FakeRunner answers for it
+    path.chmod(0o755)
+    return str(path)
+
+
+def lxc_executor(tmp_path: Path, runner: FakeRunner) -> VagrantExecutor:
+    return executor(
+        tmp_path, runner, provider="lxc", lxc_sandbox=LxcSandbox(runner=runner, helper=helper(tmp_path))
+    )
+
+
+def test_lxc_restores_the_sandbox_copy_and_starts_the_same_machine(tmp_path: Path) -> None:
+    lxc_project(tmp_path)
+    h = str(tmp_path / "travis-worker-lxc-sandbox")
+    runner = FakeRunner(
+        [
+            (
+                [h, "status", CONTAINER],
+                0,
+                f"sandbox snapshot of {CONTAINER} saved 2026-11-28T03:15:01Z\n",
+                "",
+            ),
+            ([h, "restore", CONTAINER], 0, f"restored {CONTAINER}\n", ""),
+            (["vagrant", "up", "worker-1", "--provider=lxc"], 0, "==> worker-1: Starting container...\n", ""),
+            SSH_CONFIG,
+            ssh_ready(tmp_path),
+        ]
+    )
+    lxc_executor(tmp_path, runner).prepare()
+    assert not any("destroy" in c["argv"] for c in runner.calls)  # the provisioned machine is kept
+    assert runner.script == []
+
+
+def test_lxc_takes_the_snapshot_once_when_missing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    lxc_project(tmp_path)
+    h = str(tmp_path / "travis-worker-lxc-sandbox")
+    runner = FakeRunner(
+        [
+            ([h, "status", CONTAINER], 1, f"no sandbox snapshot of {CONTAINER}\n", ""),
+            ([h, "save", CONTAINER], 0, "saved\n", ""),
+            ([h, "restore", CONTAINER], 0, "restored\n", ""),
+            (["vagrant", "up", "worker-1", "--provider=lxc"], 0, "", ""),
+            SSH_CONFIG,
+            ssh_ready(tmp_path),
+        ]
+    )
+    with caplog.at_level("INFO"):
+        lxc_executor(tmp_path, runner).prepare()
+    assert f"container {CONTAINER}) has no snapshot 'sandbox': taking it now" in caplog.text
+    assert runner.script == []
+
+
+def test_lxc_machine_not_created_is_brought_up_then_snapshotted(tmp_path: Path) -> None:
+    lxc_project(tmp_path, created=False)
+    h = str(tmp_path / "travis-worker-lxc-sandbox")
+
+    class CreatingRunner(FakeRunner):
+        def __call__(self, argv: list[str], **kw) -> Completed:
+            done = super().__call__(argv, **kw)
+            if argv[:2] == ["vagrant", "up"]:  # what vagrant-lxc does on creation
+                (tmp_path / ".vagrant/machines/worker-1/lxc/id").write_text(CONTAINER)
+            return done
+
+    runner = CreatingRunner(
+        [
+            (["vagrant", "up", "worker-1", "--provider=lxc"], 0, "==> worker-1: Importing base box\n", ""),
+            ([h, "status", CONTAINER], 1, "", ""),
+            ([h, "save", CONTAINER], 0, "", ""),
+            ([h, "restore", CONTAINER], 0, "", ""),
+            (["vagrant", "up", "worker-1", "--provider=lxc"], 0, "", ""),
+            SSH_CONFIG,
+            ssh_ready(tmp_path),
+        ]
+    )
+    lxc_executor(tmp_path, runner).prepare()
+    assert runner.script == []
+
+
+def test_lxc_helper_failure_is_a_sandbox_error_naming_the_command(tmp_path: Path) -> None:
+    lxc_project(tmp_path)
+    h = str(tmp_path / "travis-worker-lxc-sandbox")
+    runner = FakeRunner(
+        [
+            ([h, "status", CONTAINER], 0, "", ""),
+            ([h, "restore", CONTAINER], 23, "", "rsync: write failed: No space left on device (28)\n"),
+        ]
+    )
+    with pytest.raises(
+        SandboxError, match=r"VM worker-1 \(lxc.*travis-worker-lxc-sandbox restore .*No space left"
+    ):
+        lxc_executor(tmp_path, runner).prepare()
+
+
+def test_lxc_helper_runs_through_sudo_for_the_worker_user(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lxc_project(tmp_path)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    h = str(tmp_path / "travis-worker-lxc-sandbox")
+    runner = FakeRunner(
+        [
+            (["sudo", "-n", h, "status", CONTAINER], 0, "", ""),
+            (["sudo", "-n", h, "restore", CONTAINER], 0, "", ""),
+            (["vagrant", "up", "worker-1", "--provider=lxc"], 0, "", ""),
+            SSH_CONFIG,
+            ssh_ready(tmp_path),
+        ]
+    )
+    lxc_executor(tmp_path, runner).prepare()
+    assert runner.script == []

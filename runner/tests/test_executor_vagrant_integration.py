@@ -1,7 +1,8 @@
 """The Vagrant executor against real Vagrant-LXC machines (lab fixture ``vagrant_project``).
 
 A real repository on this host is served with ``git daemon`` on the LXC bridge; each job resets the
-machine (``vagrant destroy -f`` + ``vagrant up --provider=lxc``) and clones over the network.
+machine to its sandbox snapshot (the lxc role's ``travis-worker-lxc-sandbox``, run from the checkout: a copy
+of the container's rootfs, restored with rsync) and clones over the network.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from pathlib import Path
 import pytest
 from test_script_support import job_for, make_repo
 from travis_worker.executor import Limits, make_executor
+from travis_worker.executor_vagrant import VagrantExecutor
 from travis_worker.script import build_script
+from travis_worker.vagrant import LxcSandbox, lxc_container
 
 pytestmark = pytest.mark.integration
 
@@ -27,6 +30,7 @@ PROVISION = (
     "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends git >/dev/null; }"
 )
 LIMITS = Limits(hard_limit=600, log_silence=300, log_length=4 * 1024 * 1024)
+HELPER = Path(__file__).resolve().parents[2] / "roles/lxc/files/travis-worker-lxc-sandbox"
 
 
 class Recorder:
@@ -108,7 +112,12 @@ def git_daemon(tmp_path: Path, project: object) -> Iterator[tuple[str, Path]]:
 def test_vagrant_lxc_passed_failed_errored(project: object, git_daemon: tuple[str, Path]) -> None:
     url, base = git_daemon
     _, commit = make_repo(base, files={".travis.yml": "script: true\n", "check.sh": "test -f .travis.yml\n"})
-    executor = make_executor("lxc", project_dir=str(project.root), vm_name="worker-1")  # type: ignore[attr-defined]
+    root = str(project.root)  # type: ignore[attr-defined]
+    executor = VagrantExecutor(
+        "lxc", project_dir=root, vm_name="worker-1", lxc_sandbox=LxcSandbox(helper=str(HELPER))
+    )
+    container = lxc_container(root, "worker-1")
+    project.ssh("worker-1", "sudo touch /etc/twt-recipe")  # type: ignore[attr-defined]  # "a recipe applied"
     cases = [
         ({"install": "true", "script": ["bash check.sh", "test -t 1", "whoami"]}, "passed", 0),
         ({"install": "true", "script": "false"}, "failed", 1),
@@ -119,6 +128,11 @@ def test_vagrant_lxc_passed_failed_errored(project: object, git_daemon: tuple[st
         started = time.monotonic()
         executor.prepare()
         prepared = time.monotonic()
+        # the same machine, reset: the recipe (in the snapshot taken at the first prepare) kept, the last
+        # build's dirt gone
+        assert lxc_container(root, "worker-1") == container
+        state_in_vm = project.ssh("worker-1", "ls /etc/twt-recipe ~/dirt 2>&1; true").stdout  # type: ignore[attr-defined]
+        assert "/etc/twt-recipe" in state_in_vm and "cannot access" in state_in_vm, state_in_vm
         out = Recorder()
         result = executor.run(
             build_script(job_for(commit, config, job_id=job_id), git_base_url=url),
@@ -131,6 +145,7 @@ def test_vagrant_lxc_passed_failed_errored(project: object, git_daemon: tuple[st
         assert f"$ git clone --depth=50 --branch=master -- {url}/owner/name.git" in out.text
         if state == "passed":
             assert "vagrant" in out.text.replace("$ whoami", "")
+        project.ssh("worker-1", "touch ~/dirt && sudo rm /etc/twt-recipe")  # type: ignore[attr-defined]
     print("prepare/run seconds:", timings)
 
 

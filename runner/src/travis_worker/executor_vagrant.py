@@ -2,7 +2,11 @@
 
 * ``virtualbox``: before each job the VM is powered off, snapshot ``sandbox`` restored (taken once when
   missing) and started headless.
-* ``lxc``: vagrant-lxc has no snapshots: the machine is destroyed and brought up fresh from its box.
+* ``lxc``: vagrant-lxc has no snapshots; the helper ``travis-worker-lxc-sandbox`` (travis.worker.lxc role)
+  keeps a copy of the machine's rootfs as its snapshot ``sandbox`` (taken once when missing, so the recipes
+  applied to the VM are in it): before each job the container is stopped, the copy restored and the machine
+  started with ``vagrant up``. Without the helper the machine is destroyed and brought up fresh from its box
+  (the recipes applied in place are then lost; a warning says so).
 
 SSH options come from ``vagrant ssh-config <vm>``. The remote script runs (``ssh -tt``) as the leader
 of the PTY session sshd made for it and writes its process group id to ``~/.travis-worker/pgid``; a
@@ -24,10 +28,12 @@ from .executor import BuildResult, Limits, SandboxError, spawn_in_pty, stream_pr
 from .vagrant import (
     SANDBOX_SNAPSHOT,
     CommandError,
+    LxcSandbox,
     Runner,
     Vagrant,
     VBoxManage,
     cli_env,
+    lxc_container,
     parse_ssh_config,
     run_cli,
     virtualbox_id,
@@ -72,6 +78,7 @@ class VagrantExecutor:
         ready_timeout: float = 300.0,
         spawn: Callable[..., tuple] = spawn_in_pty,
         kill_wait: float = 1.0,
+        lxc_sandbox: Optional[LxcSandbox] = None,
     ) -> None:
         if provider not in ("virtualbox", "lxc"):
             raise ValueError(f"vms.provider: {provider!r} is not a Vagrant provider (virtualbox, lxc)")
@@ -86,6 +93,7 @@ class VagrantExecutor:
         self.kill_wait = kill_wait
         self.vagrant = Vagrant(project_dir, runner=runner)
         self.vbox = VBoxManage(runner=runner)
+        self.lxc_sandbox = lxc_sandbox or LxcSandbox(runner=runner)
         self._ssh_config: Optional[str] = None
         self._host: Optional[str] = None
 
@@ -121,7 +129,28 @@ class VagrantExecutor:
         self.vbox.start_headless(uuid)
 
     def _reset_lxc(self) -> None:
-        self.vagrant.destroy(self.vm_name)
+        container = lxc_container(self.project_dir, self.vm_name)
+        if not self.lxc_sandbox.available():
+            log.warning(
+                "VM %s: %s is missing, so the VM is re-created from its box before each build and the "
+                "recipes applied to it are lost; converge the box (travis.worker.lxc role) to install it",
+                self.vm_name,
+                self.lxc_sandbox.helper,
+            )
+            self.vagrant.destroy(self.vm_name)
+            self.vagrant.up(self.vm_name, "lxc")
+            return
+        if container is None:
+            log.info("VM %s is not created: bringing it up from its box", self.vm_name)
+            self.vagrant.up(self.vm_name, "lxc")
+            container = lxc_container(self.project_dir, self.vm_name)
+            if container is None:
+                raise OSError(f"`vagrant up {self.vm_name}` left no .vagrant/machines/{self.vm_name}/lxc/id")
+        if not self.lxc_sandbox.exists(container):
+            log.info("VM %s (container %s) has no snapshot %r: taking it now", self.vm_name, container,
+                     SANDBOX_SNAPSHOT)  # fmt: skip
+            self.lxc_sandbox.save(container)
+        self.lxc_sandbox.restore(container)
         self.vagrant.up(self.vm_name, "lxc")
 
     def _load_ssh_config(self) -> None:

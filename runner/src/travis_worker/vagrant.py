@@ -182,3 +182,50 @@ class VBoxManage:
 
     def start_headless(self, uuid: str) -> None:
         self._run("startvm", uuid, "--type", "headless")
+
+
+LXC_SANDBOX_HELPER = "/usr/local/sbin/travis-worker-lxc-sandbox"
+
+
+def lxc_container(project_dir: str, vm_name: str) -> Optional[str]:
+    """The LXC container name vagrant-lxc recorded for ``vm_name``; None while the machine is not created."""
+    path = Path(project_dir) / ".vagrant" / "machines" / vm_name / "lxc" / "id"
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+class LxcSandbox:
+    """The LXC provider's snapshot: ``travis-worker-lxc-sandbox status|save|restore CONTAINER``.
+
+    The helper (installed by the travis.worker.lxc role, root-owned) is run directly as root, otherwise
+    through ``sudo -n`` (the role's sudoers entry lets the worker user run exactly that file).
+    """
+
+    def __init__(self, *, runner: Runner = run_cli, helper: str = LXC_SANDBOX_HELPER) -> None:
+        self.runner = runner
+        self.helper = helper
+
+    def available(self) -> bool:
+        return os.path.isfile(self.helper) and os.access(self.helper, os.X_OK)
+
+    def _argv(self, *args: str) -> list[str]:
+        prefix = [] if os.geteuid() == 0 else ["sudo", "-n"]
+        return [*prefix, self.helper, *args]
+
+    def exists(self, container: str) -> bool:
+        done = self.runner(self._argv("status", container), timeout=60)
+        if done.returncode not in (0, 1):
+            raise CommandError(done)
+        return done.returncode == 0
+
+    def save(self, container: str) -> None:
+        done = self.runner(self._argv("save", container), timeout=1800)
+        if done.returncode != 0:
+            raise CommandError(done)
+
+    def restore(self, container: str) -> None:
+        done = self.runner(self._argv("restore", container), timeout=1800)
+        if done.returncode != 0:
+            raise CommandError(done)
