@@ -306,7 +306,15 @@ def main() -> None:
 def run(module, runner, result: dict) -> None:
     """Read the status, act on the machines that differ (or only plan, in check mode), fill ``result``."""
     p = module.params
-    before = select(module, runner.status(provider=p["provider"]), p["name"] or [])
+    names = list(dict.fromkeys(p["name"] or []))
+    try:
+        # Only the named machines: another process (a worker resetting its VM) may be acting on the others.
+        current = runner.status(names, provider=p["provider"])
+    except VagrantError as exc:
+        if not names or exc.kind != "unknown_machine":
+            raise
+        current = runner.status(provider=p["provider"])  # to name the machines that are defined
+    before = select(module, current, names)
     result["before"] = [m._asdict() for m in before]
     steps = plan(p["state"], before, p["project_dir"])
     predicted = {m.name: m for m in before}

@@ -150,13 +150,20 @@ def test_name_selects_machines_and_unknown_name_fails_before_acting(run_module, 
     result = run_module(
         vagrant_vm.main,
         {"project_dir": str(project), "name": ["worker-2", "worker-9"]},
-        [status("vbox_status_mixed")],
+        [
+            # only the named machines are read; vagrant refuses an unknown one (recorded for 'nope'), then the
+            # whole status names the defined machines in the error
+            call([V, "status", "worker-2", "worker-9", MR], fixture="vagrant/lxc_status_unknown_machine"),
+            status("vbox_status_mixed"),
+        ],
     )
     assert result["failed"] is True
     assert result["error_kind"] == "unknown_machine"
     assert "worker-9" in result["msg"] and "worker-1" in result["msg"] and "Fix 'name'" in result["msg"]
     ok = run_module(
-        vagrant_vm.main, {"project_dir": str(project), "name": "worker-1"}, [status("vbox_status_mixed")]
+        vagrant_vm.main,
+        {"project_dir": str(project), "name": "worker-1"},
+        [status("vbox_status_mixed", ["worker-1"])],
     )
     assert ok["changed"] is False
     assert [m["name"] for m in ok["machines"]] == ["worker-1"]
@@ -183,7 +190,7 @@ def test_lxc_recorded_box_not_found_fails_with_remedy(run_module, project):
         vagrant_vm.main,
         {"project_dir": str(project), "name": "worker-1", "provider": "lxc"},
         [
-            status("lxc_status_not_created"),
+            status("lxc_status_not_created", ["worker-1"]),
             call([V, "up", "worker-1", "--provider=lxc", MR], fixture="vagrant/lxc_up_box_not_found"),
             status("lxc_status_not_created", ["worker-1"]),
         ],
@@ -201,7 +208,7 @@ def test_virtualbox_locked_machine_error(run_module, project):
         vagrant_vm.main,
         {"project_dir": str(project), "name": "worker-2"},
         [
-            status("vbox_status_mixed"),
+            status("vbox_status_mixed", ["worker-2"]),
             call([V, "up", "worker-2", MR], fixture="vagrant/vbox_up_locked"),
             status("vbox_status_mixed", ["worker-2"]),
         ],
@@ -219,7 +226,7 @@ def test_provider_not_usable_recorded(run_module, project):
         vagrant_vm.main,
         {"project_dir": str(project), "name": "worker-1", "provider": "virtualbox"},
         [
-            status("lxc_status_not_created"),
+            status("lxc_status_not_created", ["worker-1"]),
             call(
                 [V, "up", "worker-1", "--provider=virtualbox", MR],
                 fixture="vagrant/lxc_up_virtualbox_not_usable",
@@ -236,7 +243,7 @@ def test_provider_plugin_missing_recorded(run_module, project):
         vagrant_vm.main,
         {"project_dir": str(project), "name": "worker-1", "provider": "foo"},
         [
-            status("lxc_status_not_created"),
+            status("lxc_status_not_created", ["worker-1"]),
             call([V, "up", "worker-1", "--provider=foo", MR], fixture="vagrant/lxc_up_provider_not_found"),
             status("lxc_status_not_created", ["worker-1"]),
         ],
@@ -274,7 +281,9 @@ def _sentinel(project: Path, name: str, provider: str, machine_id: str, sentinel
 def test_provisioned_uses_the_vagrant_sentinel(run_module, project):
     _sentinel(project, "worker-1", "virtualbox", "uuid-1", "uuid-1")  # provisioned
     args = {"project_dir": str(project), "name": ["worker-1", "worker-2"], "state": "provisioned"}
-    result = run_module(vagrant_vm.main, args, [status("vbox_status_mixed")], check_mode=True)
+    result = run_module(
+        vagrant_vm.main, args, [status("vbox_status_mixed", ["worker-1", "worker-2"])], check_mode=True
+    )
     assert result["commands"] == [[V, "up", "worker-2", "--provision", MR]]
     assert result["changed_machines"] == ["worker-2"]
 
@@ -282,14 +291,19 @@ def test_provisioned_uses_the_vagrant_sentinel(run_module, project):
         "1.5:old-id"
     )
     result = run_module(
-        vagrant_vm.main, dict(args, name=["worker-1"]), [status("vbox_status_mixed")], check_mode=True
+        vagrant_vm.main,
+        dict(args, name=["worker-1"]),
+        [status("vbox_status_mixed", ["worker-1"])],
+        check_mode=True,
     )
     assert result["commands"] == [[V, "provision", "worker-1", MR]]
 
     (project / ".vagrant" / "machines" / "worker-1" / "virtualbox" / "action_provision").write_text(
         "1.5:uuid-1"
     )
-    result = run_module(vagrant_vm.main, dict(args, name=["worker-1"]), [status("vbox_status_mixed")])
+    result = run_module(
+        vagrant_vm.main, dict(args, name=["worker-1"]), [status("vbox_status_mixed", ["worker-1"])]
+    )
     assert result["changed"] is False
 
 
@@ -297,7 +311,7 @@ def test_reloaded_always_acts(run_module, project):
     result = run_module(
         vagrant_vm.main,
         {"project_dir": str(project), "name": "worker-1", "state": "reloaded", "provision": True},
-        [status("vbox_status_mixed")],
+        [status("vbox_status_mixed", ["worker-1"])],
         check_mode=True,
     )
     assert result["changed"] is True
@@ -320,7 +334,7 @@ def test_lxc_recorded_lifecycle_halt_provision_destroy(run_module, project):
         vagrant_vm.main,
         {"project_dir": str(project), "name": "worker-1", "state": "halted"},
         [
-            status("lxc_status_running"),
+            status("lxc_status_running", ["worker-1"]),
             call([V, "halt", "worker-1", MR], fixture="vagrant/lxc_halt_worker1"),
             call([V, "status", "worker-1", MR], fixture="vagrant/lxc_status_after_halt"),
         ],
@@ -331,7 +345,7 @@ def test_lxc_recorded_lifecycle_halt_provision_destroy(run_module, project):
     again = run_module(
         vagrant_vm.main,
         {"project_dir": str(project), "name": "worker-1", "state": "halted"},
-        [status("lxc_status_after_halt")],
+        [status("lxc_status_after_halt", ["worker-1"])],
     )
     assert again["changed"] is False
 
@@ -340,7 +354,7 @@ def test_lxc_recorded_lifecycle_halt_provision_destroy(run_module, project):
         vagrant_vm.main,
         {"project_dir": str(project), "name": "worker-2", "state": "provisioned"},
         [
-            status("lxc_status_after_halt"),
+            status("lxc_status_after_halt", ["worker-2"]),
             call([V, "provision", "worker-2", MR], fixture="vagrant/lxc_provision_worker2"),
             call([V, "status", "worker-2", MR], fixture="vagrant/lxc_status_after_halt"),
         ],
@@ -353,7 +367,7 @@ def test_lxc_recorded_lifecycle_halt_provision_destroy(run_module, project):
         vagrant_vm.main,
         {"project_dir": str(project), "name": "worker-3", "state": "absent"},
         [
-            status("lxc_status_after_halt"),
+            status("lxc_status_after_halt", ["worker-3"]),
             call([V, "destroy", "--force", "worker-3", MR], fixture="vagrant/lxc_destroy_worker3"),
             call([V, "status", "worker-3", MR], fixture="vagrant/lxc_status_final"),
         ],
