@@ -432,7 +432,7 @@ def test_lxc_takes_the_snapshot_once_when_missing(tmp_path: Path, caplog: pytest
     h = str(tmp_path / "travis-worker-lxc-sandbox")
     runner = FakeRunner(
         [
-            ([h, "status", CONTAINER], 1, f"no sandbox snapshot of {CONTAINER}\n", ""),
+            ([h, "status", CONTAINER], 10, f"no sandbox snapshot of {CONTAINER}\n", ""),
             ([h, "save", CONTAINER], 0, "saved\n", ""),
             ([h, "restore", CONTAINER], 0, "restored\n", ""),
             (["vagrant", "up", "worker-1", "--provider=lxc"], 0, "", ""),
@@ -460,7 +460,7 @@ def test_lxc_machine_not_created_is_brought_up_then_snapshotted(tmp_path: Path) 
     runner = CreatingRunner(
         [
             (["vagrant", "up", "worker-1", "--provider=lxc"], 0, "==> worker-1: Importing base box\n", ""),
-            ([h, "status", CONTAINER], 1, "", ""),
+            ([h, "status", CONTAINER], 10, "", ""),
             ([h, "save", CONTAINER], 0, "", ""),
             ([h, "restore", CONTAINER], 0, "", ""),
             (["vagrant", "up", "worker-1", "--provider=lxc"], 0, "", ""),
@@ -504,3 +504,15 @@ def test_lxc_helper_runs_through_sudo_for_the_worker_user(
     )
     lxc_executor(tmp_path, runner).prepare()
     assert runner.script == []
+
+
+def test_lxc_sudo_refusing_the_helper_is_an_error_not_a_missing_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lxc_project(tmp_path)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    h = str(tmp_path / "travis-worker-lxc-sandbox")
+    runner = FakeRunner([(["sudo", "-n", h, "status", CONTAINER], 1, "", "sudo: a password is required\n")])
+    with pytest.raises(SandboxError, match="sudo: a password is required"):
+        lxc_executor(tmp_path, runner).prepare()
+    assert runner.script == []  # no save attempted over a sudo failure

@@ -185,6 +185,7 @@ class VBoxManage:
 
 
 LXC_SANDBOX_HELPER = "/usr/local/sbin/travis-worker-lxc-sandbox"
+NO_LXC_SNAPSHOT = 10  # the helper's `status` exit code when the container has no snapshot
 
 
 def lxc_container(project_dir: str, vm_name: str) -> Optional[str]:
@@ -216,7 +217,7 @@ class LxcSandbox:
 
     def exists(self, container: str) -> bool:
         done = self.runner(self._argv("status", container), timeout=60)
-        if done.returncode not in (0, 1):
+        if done.returncode not in (0, NO_LXC_SNAPSHOT):  # 1 is sudo refusing, not "no snapshot"
             raise CommandError(done)
         return done.returncode == 0
 
