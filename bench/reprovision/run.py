@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import tempfile
@@ -175,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
 
+    # SIGTERM (kill, a CI timeout) ends the run through the `finally` below: box and services removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     ensure_bridge()
     work = Path(tempfile.mkdtemp(prefix="twt-bench-"))
     roles = work / "roles"
