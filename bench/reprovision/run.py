@@ -120,7 +120,8 @@ class Bench:
     def finished_ids(self) -> set[int]:
         out = set()
         for raw in self.redis.lrange(f"{NS}:reporting:jobs", 0, -1):
-            body = json.loads(raw).get("body", {})
+            entry = json.loads(raw)
+            body = entry.get("body", entry)  # the redis reporter writes flat {"event": "job:state", ...}
             if body.get("state") == "finished":
                 out.add(int(body.get("id", -1)))
         return out
@@ -210,9 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         base = ["travis.worker.vm_base", "travis.worker.vm_python"]
         for n in sizes:
             print(f"N={n}", flush=True)
-            bench.play("playbooks/scale.yml", "-e", f"worker_vms_count={n}")
-            bench.reset_boxes()
-            bench.play("playbooks/rebuild.yml", "-e", f"worker_vms_count={n}")
+            if n != sizes[0]:  # the first size's VMs come fresh from the original box (site.yml above)
+                bench.play("playbooks/scale.yml", "-e", f"worker_vms_count={n}")
+                bench.reset_boxes()
+                bench.play("playbooks/rebuild.yml", "-e", f"worker_vms_count={n}")
             bench.round_trip()
             t_in, jobs_in = bench.measure("in_place", [*base, "twbench_toolchain"], n)
             t_bb, jobs_bb = bench.measure("base_box", [*base, "twbench_toolchain"], n)
