@@ -1,6 +1,6 @@
 """Benchmark: wall time of `playbooks/reprovision.yml`, strategy in_place vs base_box, on the lab.
 
-    .venv/bin/python bench/reprovision/run.py [--sizes 1,3,5] [--packages "build-essential ruby-full"]
+    .venv/bin/python bench/reprovision/run.py [--sizes 1,3,5] [--packages "PKG ..."]
 
 For each N: the lab box is scaled to N worker VMs and rebuilt from the original base box (not measured), then
 `reprovision.yml -e strategy=in_place` and `-e strategy=base_box` run with the same recipe list: the usual
@@ -172,7 +172,7 @@ class Bench:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="1,3,5")
-    parser.add_argument("--packages", default="build-essential ruby-full")
+    parser.add_argument("--packages", default="build-essential ruby-full default-jdk-headless")
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
