@@ -65,7 +65,7 @@ class Bench:
         t0 = time.monotonic()
         log = self.work / f"{int(time.time())}-{Path(playbook).stem}.log"
         plays: list[tuple[str, float]] = []
-        with log.open("w") as fh:
+        with log.open("w", buffering=1) as fh:  # line-buffered: `tail -f` shows where it is
             proc = subprocess.Popen(
                 argv, cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
             )
@@ -199,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         env = {
             **os.environ,
             "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+            "PYTHONUNBUFFERED": "1",
             "ANSIBLE_ROLES_PATH": f"{roles}:{ROOT / 'roles'}",
             "PATH": f"{ROOT / '.venv/bin'}:{os.environ['PATH']}",
             "TRAVIS_LAB_BOX": str(box_art.path),
