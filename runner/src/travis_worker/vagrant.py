@@ -211,22 +211,19 @@ class LxcSandbox:
     def available(self) -> bool:
         return os.path.isfile(self.helper) and os.access(self.helper, os.X_OK)
 
-    def _argv(self, *args: str) -> list[str]:
+    def _run(self, action: str, container: str, timeout: float, ok: tuple[int, ...] = (0,)) -> Completed:
         prefix = [] if os.geteuid() == 0 else ["sudo", "-n"]
-        return [*prefix, self.helper, *args]
+        done = self.runner([*prefix, self.helper, action, container], timeout=timeout)
+        if done.returncode not in ok:
+            raise CommandError(done)
+        return done
 
     def exists(self, container: str) -> bool:
-        done = self.runner(self._argv("status", container), timeout=60)
-        if done.returncode not in (0, NO_LXC_SNAPSHOT):  # 1 is sudo refusing, not "no snapshot"
-            raise CommandError(done)
-        return done.returncode == 0
+        # 1 is sudo refusing, not "no snapshot": only the helper's own code means that
+        return self._run("status", container, 60, ok=(0, NO_LXC_SNAPSHOT)).returncode == 0
 
     def save(self, container: str) -> None:
-        done = self.runner(self._argv("save", container), timeout=1800)
-        if done.returncode != 0:
-            raise CommandError(done)
+        self._run("save", container, 1800)
 
     def restore(self, container: str) -> None:
-        done = self.runner(self._argv("restore", container), timeout=1800)
-        if done.returncode != 0:
-            raise CommandError(done)
+        self._run("restore", container, 1800)
