@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import secrets
 import signal
 import subprocess
@@ -29,7 +28,7 @@ from pathlib import Path
 import redis
 from travis_lab.boxbuild import ensure_box, host_arch
 from travis_lab.container import BoxContainer, create_container
-from travis_lab.demo import trust_host_cas
+from travis_lab.demo import ansible_env, trust_host_cas
 from travis_lab.demo_repo import ensure_demo_repo
 from travis_lab.demo_services import LabState, start_git_daemon, start_redis, stop_recorded
 from travis_lab.net import ensure_bridge
@@ -196,15 +195,9 @@ def main(argv: list[str] | None = None) -> int:
         git = start_git_daemon(state, HOST, work / "repos", work)
         box = create_container(f"twt-bench-{secrets.token_hex(3)}", box_art.rootfs, arch=host_arch())
         trust_host_cas(box)
-        env = {
-            **os.environ,
-            "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
-            "PYTHONUNBUFFERED": "1",
-            "ANSIBLE_ROLES_PATH": f"{roles}:{ROOT / 'roles'}",
-            "PATH": f"{ROOT / '.venv/bin'}:{os.environ['PATH']}",
-            "TRAVIS_LAB_BOX": str(box_art.path),
-            "TRAVIS_LAB_REDIS_PORT": srv.url.rsplit(":", 1)[1].split("/")[0],
-        }
+        env = ansible_env(
+            box_art.path, srv.url, PYTHONUNBUFFERED="1", ANSIBLE_ROLES_PATH=f"{roles}:{ROOT / 'roles'}"
+        )
         bench = Bench(box, work, env, srv.url, git.url, repo.commit)
         bench.inventory.write_text(box.inventory(group="worker_boxes"))
         print(f"bench: box {box.name}, work {work}", flush=True)

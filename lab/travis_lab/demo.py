@@ -135,19 +135,26 @@ def trust_host_cas(box: BoxContainer, source: Path = HOST_CA_DIR) -> list[str]:
     return [c.name for c in certs]
 
 
-def _site(
-    progress: Progress, paths: DemoPaths, box_file: Path, redis: Service, ciapp: Service, token: str
-) -> None:
-    port = redis.url.rsplit(":", 1)[1].split("/")[0]
-    env = {
+def ansible_env(box_file: Path, redis_url: str, **extra: str) -> dict[str, str]:
+    """The environment of ansible-playbook against a lab box (the demo, the playbook tests, the bench): the
+    checkout's ansible.cfg, this venv's binaries first, no colours, and what inventories/lab reads -- the box
+    file to copy in and the port of the lab's Redis. `extra` adds or overrides variables."""
+    return {
         **os.environ,
         "ANSIBLE_CONFIG": str(REPO_ROOT / "ansible.cfg"),
         "ANSIBLE_FORCE_COLOR": "0",
         "ANSIBLE_NOCOLOR": "1",
         "TRAVIS_LAB_BOX": str(box_file),
-        "TRAVIS_LAB_REDIS_PORT": port,
+        "TRAVIS_LAB_REDIS_PORT": redis_url.rsplit(":", 1)[1].split("/")[0],
         "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+        **extra,
     }
+
+
+def _site(
+    progress: Progress, paths: DemoPaths, box_file: Path, redis: Service, ciapp: Service, token: str
+) -> None:
+    env = ansible_env(box_file, redis.url)
     extra = {
         "worker_travis_url": ciapp.url,
         "worker_travis_username": "lab",

@@ -9,7 +9,6 @@ leaves the box serving (all workers active) for the next one.
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
 import subprocess
@@ -22,7 +21,7 @@ import pytest
 import redis
 from travis_lab.boxbuild import BoxArtifact, host_arch
 from travis_lab.container import BoxContainer, create_container
-from travis_lab.demo import trust_host_cas
+from travis_lab.demo import ansible_env, trust_host_cas
 from travis_lab.demo_repo import ensure_demo_repo
 from travis_lab.demo_services import LabState, start_git_daemon, start_redis, stop_recorded
 from travis_lab.net import ensure_bridge
@@ -116,14 +115,7 @@ def converged_lab(lab_box: BoxArtifact, tmp_path_factory: pytest.TempPathFactory
         trust_host_cas(box)
         inventory = work / "inventory.ini"
         inventory.write_text(box.inventory(group="worker_boxes"))
-        env = {
-            **os.environ,
-            "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
-            "ANSIBLE_NOCOLOR": "1",
-            "PATH": f"{ROOT / '.venv/bin'}:{os.environ['PATH']}",
-            "TRAVIS_LAB_BOX": str(lab_box.path),
-            "TRAVIS_LAB_REDIS_PORT": server.url.rsplit(":", 1)[1].split("/")[0],
-        }
+        env = ansible_env(lab_box.path, server.url)
         logs = work / "logs"
         logs.mkdir()
         lab = Lab(box, inventory, env, server.url, git.url, repo.commit, logs)
