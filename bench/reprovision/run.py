@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import secrets
 import signal
 import subprocess
 import sys
@@ -26,15 +25,10 @@ import time
 from pathlib import Path
 
 import redis
-from travis_lab.boxbuild import ensure_box, host_arch
-from travis_lab.container import BoxContainer, create_container
-from travis_lab.demo import ansible_env, trust_host_cas
-from travis_lab.demo_repo import ensure_demo_repo
-from travis_lab.demo_services import LabState, start_git_daemon, start_redis, stop_recorded
-from travis_lab.net import ensure_bridge
+from travis_lab.boxbuild import ensure_box
+from travis_lab.scratch import ScratchLab, scratch_lab
 
 ROOT = Path(__file__).resolve().parents[2]
-HOST = "10.0.3.1"
 NS = "resque"
 RECIPE_TASKS = """---
 - name: Install a language runtime and build tools from the distro (the benchmark's heavy recipe)
@@ -48,13 +42,10 @@ RECIPE_TASKS = """---
 
 
 class Bench:
-    def __init__(
-        self, box: BoxContainer, work: Path, env: dict[str, str], redis_url: str, git_url: str, commit: str
-    ):
-        self.box, self.work, self.env = box, work, env
-        self.redis = redis.Redis.from_url(redis_url, decode_responses=True)
-        self.git_url, self.commit = git_url, commit
-        self.inventory = work / "inventory.ini"
+    def __init__(self, lab: ScratchLab, work: Path):
+        self.box, self.work, self.env, self.inventory = lab.box, work, lab.env, lab.inventory
+        self.redis = redis.Redis.from_url(lab.redis_url, decode_responses=True)
+        self.git_url, self.commit = lab.git_url, lab.commit
 
     def play(self, playbook: str, *args: str) -> float:
         """Run one playbook; its log gets each line prefixed with the seconds since start, and the time
@@ -178,29 +169,19 @@ def main(argv: list[str] | None = None) -> int:
 
     # SIGTERM (kill, a CI timeout) ends the run through the `finally` below: box and services removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    ensure_bridge()
     work = Path(tempfile.mkdtemp(prefix="twt-bench-"))
     roles = work / "roles"
     (roles / "twbench_toolchain/tasks").mkdir(parents=True)
     (roles / "twbench_toolchain/tasks/main.yml").write_text(
         RECIPE_TASKS.format(packages=json.dumps(args.packages.split()))
     )
-    state = LabState.load(work / "state.json")
-    box_art = ensure_box()
-    box = None
     rows = []
-    try:
-        srv = start_redis(state, HOST, work / "redis")
-        repo = ensure_demo_repo(work / "repos")
-        git = start_git_daemon(state, HOST, work / "repos", work)
-        box = create_container(f"twt-bench-{secrets.token_hex(3)}", box_art.rootfs, arch=host_arch())
-        trust_host_cas(box)
-        env = ansible_env(
-            box_art.path, srv.url, PYTHONUNBUFFERED="1", ANSIBLE_ROLES_PATH=f"{roles}:{ROOT / 'roles'}"
-        )
-        bench = Bench(box, work, env, srv.url, git.url, repo.commit)
-        bench.inventory.write_text(box.inventory(group="worker_boxes"))
-        print(f"bench: box {box.name}, work {work}", flush=True)
+    roles_path = f"{roles}:{ROOT / 'roles'}"
+    with scratch_lab(
+        "twt-bench-", ensure_box(), work, keep=args.keep, PYTHONUNBUFFERED="1", ANSIBLE_ROLES_PATH=roles_path
+    ) as lab:
+        bench = Bench(lab, work)
+        print(f"bench: box {lab.box.name}, work {work}", flush=True)
         bench.play("site.yml", "-e", f"worker_vms_count={sizes[0]}", "-e", "worker_build_isolation=true")
         base = ["travis.worker.vm_base", "travis.worker.vm_python"]
         for n in sizes:
@@ -214,10 +195,6 @@ def main(argv: list[str] | None = None) -> int:
             t_bb, jobs_bb = bench.measure("base_box", [*base, "twbench_toolchain"], n)
             rows.append((n, t_in, t_bb, jobs_in, jobs_bb))
             print(f"ROW N={n} in_place={t_in:.0f}s base_box={t_bb:.0f}s jobs={jobs_in}/{jobs_bb}", flush=True)
-    finally:
-        if box is not None and not args.keep:
-            box.destroy()
-        stop_recorded(state)
 
     print("\n| N VMs | in_place | base_box | in_place / base_box | jobs done in in_place | in base_box |")
     print("|---:|---:|---:|---:|---:|---:|")

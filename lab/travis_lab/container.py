@@ -30,6 +30,7 @@ from travis_lab.steps import run
 log = logging.getLogger(__name__)
 
 LXC_PATH = Path("/var/lib/lxc")
+HOST_CA_DIR = Path("/usr/local/share/ca-certificates")  # the host's extra CAs: an egress proxy's, a company's
 INNER_SUBNET = "10.0.4.0/24"
 
 CONFIG = """\
@@ -137,6 +138,26 @@ class BoxContainer:
                 {"all": {"children": {group: {"hosts": {self.name: hostvars}}}}}, sort_keys=False
             )
         raise ValueError(f"inventory format must be 'ini' or 'yaml', not {fmt!r}")
+
+    def trust_host_cas(self, source: Path = HOST_CA_DIR) -> list[str]:
+        """Give this container the host's extra CA certificates, for apt and pip: copied into its
+        /usr/local/share/ca-certificates, `update-ca-certificates` run, pip told to use the system bundle.
+        Without them a box behind an intercepting proxy cannot reach PyPI or the Debian mirror. Returns the
+        certificate names (none: nothing to do)."""
+        certs = sorted(source.glob("*.crt")) if source.is_dir() else []
+        if not certs:
+            return []
+        rootfs = self.lxc_path / self.name / "rootfs"
+        target = rootfs / "usr/local/share/ca-certificates"
+        target.mkdir(parents=True, exist_ok=True)
+        for cert in certs:
+            (target / cert.name).write_bytes(cert.read_bytes())
+        pip_conf = rootfs / "etc/pip.conf"
+        if "cert" not in (pip_conf.read_text() if pip_conf.is_file() else ""):
+            with pip_conf.open("a", encoding="utf-8") as fh:
+                fh.write("[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n")
+        self.run("update-ca-certificates >/dev/null")
+        return [c.name for c in certs]
 
     def destroy(self) -> None:
         destroy_container(self.name, cache_dir=self.cache_dir, lxc_path=self.lxc_path)

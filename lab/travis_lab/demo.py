@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from travis_lab import cache, net
-from travis_lab.container import BoxContainer
 from travis_lab.demo_progress import Progress, StepFailed, run_logged
 from travis_lab.demo_repo import DemoRepo, ensure_demo_repo
 from travis_lab.demo_services import (
@@ -39,8 +38,6 @@ from travis_lab.errors import LabError
 
 log = logging.getLogger(__name__)
 
-HOST_ADDR = "10.0.3.1"  # the host on lxcbr0, as seen from the box container and (through NAT) its VMs
-HOST_CA_DIR = Path("/usr/local/share/ca-certificates")
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STEPS = 7
@@ -107,32 +104,12 @@ def _container(progress: Progress, state: LabState, rootfs: Path, paths: DemoPat
         state.save()
         box = create_container(name, rootfs, arch=host_arch())
         progress.detail(f"created {box.name} at {box.ip}")
-    cas = trust_host_cas(box)
+    cas = box.trust_host_cas()
     if cas:
         progress.detail(f"trusting the host's extra CA certificates in the box: {', '.join(cas)}")
     paths.inventory.write_text(box.inventory(group="worker_boxes"), encoding="utf-8")
     progress.detail(f"inventory: {paths.inventory}")
     return box.name, box.ip
-
-
-def trust_host_cas(box: BoxContainer, source: Path = HOST_CA_DIR) -> list[str]:
-    """Give the box container the host's extra CA certificates (an egress proxy's CA, a company CA), for apt
-    and pip: copied into /usr/local/share/ca-certificates, `update-ca-certificates`, and pip told to use the
-    system bundle. Returns the certificate names (none: nothing to do)."""
-    certs = sorted(source.glob("*.crt")) if source.is_dir() else []
-    if not certs:
-        return []
-    rootfs = box.lxc_path / box.name / "rootfs"
-    target = rootfs / "usr/local/share/ca-certificates"
-    target.mkdir(parents=True, exist_ok=True)
-    for cert in certs:
-        (target / cert.name).write_bytes(cert.read_bytes())
-    pip_conf = rootfs / "etc/pip.conf"
-    if "cert" not in (pip_conf.read_text() if pip_conf.is_file() else ""):
-        with pip_conf.open("a", encoding="utf-8") as fh:
-            fh.write("[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n")
-    box.run("update-ca-certificates >/dev/null")
-    return [c.name for c in certs]
 
 
 def ansible_env(box_file: Path, redis_url: str, **extra: str) -> dict[str, str]:
@@ -162,7 +139,7 @@ def _site(
         # The runner wheel is built on this controller; the venv's setuptools 65 has no bdist_wheel, so
         # pip fetches its build backend from PyPI (reachable here) instead of using the venv's.
         "worker_build_isolation": True,
-        # The box reaches PyPI itself (it trusts the host's CA certificates, see trust_host_cas).
+        # The box reaches PyPI itself (it trusts the host's CA certificates, see BoxContainer.trust_host_cas).
         "worker_pip_source": "index",
     }
     extra_file = paths.root / "site-extra-vars.json"  # the app token stays out of argv and the console
@@ -288,14 +265,15 @@ def up(cache_dir: Path | None = None, follow_timeout: float = 900) -> int:
     progress.say(f"travis.worker lab demo (state: {paths.state}, logs: {paths.logs})")
     with progress.step("Vagrant-LXC base box (Debian 12): build or reuse"):
         box_file, rootfs = _box(progress)
-    with progress.step(f"host services on {HOST_ADDR}: Redis, CI-app stand-in, git daemon + demo repository"):
+    services = "Redis, CI-app stand-in, git daemon + demo repository"
+    with progress.step(f"host services on {net.HOST_ADDR}: {services}"):
         net.ensure_bridge()
-        redis = start_redis(state, HOST_ADDR, paths.services)
+        redis = start_redis(state, net.HOST_ADDR, paths.services)
         progress.detail(f"redis   {redis.url} (pid {redis.pid})")
-        ciapp = start_ciapp(state, HOST_ADDR, paths.services, token)
+        ciapp = start_ciapp(state, net.HOST_ADDR, paths.services, token)
         progress.detail(f"ci app  {ciapp.url} (pid {ciapp.pid}, reports in {paths.services / 'ciapp.log'})")
         repo = ensure_demo_repo(paths.repos)
-        git = start_git_daemon(state, HOST_ADDR, paths.repos, paths.services)
+        git = start_git_daemon(state, net.HOST_ADDR, paths.repos, paths.services)
         progress.detail(f"git     {git.url}/demo.git at {repo.commit[:10]} (pid {git.pid})")
     with progress.step("lab box container (LXC, systemd, nesting)"):
         box_name, _ip = _container(progress, state, rootfs, paths)

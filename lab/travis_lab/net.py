@@ -18,6 +18,7 @@ from travis_lab.errors import LabError
 log = logging.getLogger(__name__)
 
 BRIDGE = "lxcbr0"
+HOST_ADDR = "10.0.3.1"  # the host on lxcbr0, as seen from the box containers and (through NAT) their VMs
 LXC_NET = Path("/usr/libexec/lxc/lxc-net")
 RUN_DIR = Path("/run/lxc")  # lxc-net's varrun: dnsmasq.pid, network_up
 LOCK = Path("/run/travis-lab-lxc-net.lock")

@@ -19,15 +19,11 @@ from pathlib import Path
 
 import pytest
 import redis
-from travis_lab.boxbuild import BoxArtifact, host_arch
-from travis_lab.container import BoxContainer, create_container
-from travis_lab.demo import ansible_env, trust_host_cas
-from travis_lab.demo_repo import ensure_demo_repo
-from travis_lab.demo_services import LabState, start_git_daemon, start_redis, stop_recorded
-from travis_lab.net import ensure_bridge
+from travis_lab.boxbuild import BoxArtifact
+from travis_lab.container import BoxContainer
+from travis_lab.scratch import scratch_lab
 
 ROOT = Path(__file__).resolve().parents[2]
-HOST = "10.0.3.1"
 PROJECT = "/home/travis/worker-vms"
 NS = "resque"
 
@@ -103,28 +99,14 @@ class Lab:
 
 
 def converged_lab(lab_box: BoxArtifact, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    ensure_bridge()
     work = tmp_path_factory.mktemp("twt-playbooks")
-    state = LabState.load(work / "state.json")
-    box: BoxContainer | None = None
-    try:
-        server = start_redis(state, HOST, work / "redis")
-        repo = ensure_demo_repo(work / "repos")
-        git = start_git_daemon(state, HOST, work / "repos", work)
-        box = create_container(f"twt-pb-{secrets.token_hex(3)}", lab_box.rootfs, arch=host_arch())
-        trust_host_cas(box)
-        inventory = work / "inventory.ini"
-        inventory.write_text(box.inventory(group="worker_boxes"))
-        env = ansible_env(lab_box.path, server.url)
+    with scratch_lab("twt-pb-", lab_box, work) as scratch:
         logs = work / "logs"
         logs.mkdir()
-        lab = Lab(box, inventory, env, server.url, git.url, repo.commit, logs)
+        s = scratch
+        lab = Lab(s.box, s.inventory, s.env, s.redis_url, s.git_url, s.commit, logs)
         lab.play("site.yml", "-e", "worker_build_isolation=true", "-e", "worker_pip_source=index")
         yield lab
-    finally:
-        if box is not None:
-            box.destroy()
-        stop_recorded(state)
 
 
 def rclient(lab: Lab) -> redis.Redis:

@@ -1,0 +1,60 @@
+"""A throw-away lab for the playbook tests and the reprovision benchmark: a real redis-server and a git daemon
+(serving the demo repository) on the host's bridge address, and one fresh worker box container.
+
+    with scratch_lab("twt-pb-", ensure_box(), work) as lab:
+        ...  # lab.box, lab.inventory, lab.env, lab.redis_url, lab.git_url, lab.commit
+
+Everything is recorded in `work/state.json` as it is started and removed when the block ends, also when it
+ends by an exception or SIGTERM turned into SystemExit (`keep=True` keeps the container for a post-mortem).
+The demo (`travis_lab.demo`) keeps its own, longer-lived state and a CI-app stand-in; this is the bare lab.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from travis_lab.boxbuild import BoxArtifact, host_arch
+from travis_lab.container import BoxContainer, create_container
+from travis_lab.demo import ansible_env
+from travis_lab.demo_repo import ensure_demo_repo
+from travis_lab.demo_services import LabState, start_git_daemon, start_redis, stop_recorded
+from travis_lab.net import HOST_ADDR, ensure_bridge
+
+
+@dataclass
+class ScratchLab:
+    box: BoxContainer
+    inventory: Path  # INI inventory: the box container in group worker_boxes
+    env: dict[str, str]  # ansible-playbook's environment (see travis_lab.demo.ansible_env)
+    redis_url: str
+    git_url: str  # git://HOST_ADDR:PORT; the demo repository is <git_url>/demo.git
+    commit: str  # the demo repository's head
+
+
+@contextmanager
+def scratch_lab(
+    prefix: str, box_art: BoxArtifact, work: Path, *, keep: bool = False, **env: str
+) -> Iterator[ScratchLab]:
+    """Start the services, create the container `<prefix><6 hex>` from `box_art`, yield them; `env` adds
+    variables to ansible-playbook's environment."""
+    ensure_bridge()
+    state = LabState.load(work / "state.json")
+    box: BoxContainer | None = None
+    try:
+        redis = start_redis(state, HOST_ADDR, work / "redis")
+        repo = ensure_demo_repo(work / "repos")
+        git = start_git_daemon(state, HOST_ADDR, work / "repos", work)
+        box = create_container(f"{prefix}{secrets.token_hex(3)}", box_art.rootfs, arch=host_arch())
+        box.trust_host_cas()
+        inventory = work / "inventory.ini"
+        inventory.write_text(box.inventory(group="worker_boxes"), encoding="utf-8")
+        playbook_env = ansible_env(box_art.path, redis.url, **env)
+        yield ScratchLab(box, inventory, playbook_env, redis.url, git.url, repo.commit)
+    finally:
+        if box is not None and not keep:
+            box.destroy()
+        stop_recorded(state)
