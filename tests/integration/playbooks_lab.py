@@ -20,8 +20,7 @@ from pathlib import Path
 import pytest
 import redis
 from travis_lab.boxbuild import BoxArtifact
-from travis_lab.container import BoxContainer
-from travis_lab.scratch import scratch_lab
+from travis_lab.scratch import ScratchLab, scratch_lab
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "/home/travis/worker-vms"
@@ -29,13 +28,9 @@ NS = "resque"
 
 
 @dataclass
-class Lab:
-    box: BoxContainer
-    inventory: Path
-    env: dict[str, str]
-    redis_url: str
-    git_url: str
-    commit: str
+class Lab(ScratchLab):
+    """The scratch lab with a converged box, and where the playbook outputs are kept."""
+
     logs: Path
 
     def play(self, playbook: str, *args: str, check: bool = True, timeout: float = 3600) -> str:
@@ -103,8 +98,7 @@ def converged_lab(lab_box: BoxArtifact, tmp_path_factory: pytest.TempPathFactory
     with scratch_lab("twt-pb-", lab_box, work) as scratch:
         logs = work / "logs"
         logs.mkdir()
-        s = scratch
-        lab = Lab(s.box, s.inventory, s.env, s.redis_url, s.git_url, s.commit, logs)
+        lab = Lab(**vars(scratch), logs=logs)
         lab.play("site.yml", "-e", "worker_build_isolation=true", "-e", "worker_pip_source=index")
         yield lab
 
