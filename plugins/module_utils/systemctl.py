@@ -5,34 +5,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Optional
 
-C_LOCALE = {"LANG": "C", "LC_ALL": "C", "LC_MESSAGES": "C", "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0"}
+from ansible_collections.travis.worker.plugins.module_utils.cli import (
+    C_LOCALE as _BASE_LOCALE,
+)
+from ansible_collections.travis.worker.plugins.module_utils.cli import (
+    CommandError,
+    CommandRunner,
+    headline,
+)
+
+C_LOCALE = dict(_BASE_LOCALE, SYSTEMD_PAGER="", SYSTEMD_COLORS="0")
 DEFAULT_PROPERTIES = ("Id", "LoadState", "ActiveState", "SubState", "MainPID", "UnitFileState")
 
 
-@dataclass
-class SystemctlError(Exception):
+class SystemctlError(CommandError):
     """A failed systemctl call, with the command, rc and stderr for the operator."""
-
-    message: str
-    cmd: list[str] = field(default_factory=list)
-    rc: Optional[int] = None
-    stdout: str = ""
-    stderr: str = ""
-
-    def __str__(self) -> str:
-        return self.message
-
-    def fail_kwargs(self) -> dict[str, Any]:
-        return {
-            "msg": self.message,
-            "cmd": self.cmd,
-            "rc": self.rc,
-            "stdout": self.stdout,
-            "stderr": self.stderr,
-        }
 
 
 def parse_show(text: str) -> list[dict[str, str]]:
@@ -84,36 +73,32 @@ def parse_list_unit_files(text: str) -> list[dict[str, str]]:
     return files
 
 
-class Systemctl:
+class Systemctl(CommandRunner):
     """Run systemctl through ``module.run_command`` with argv lists and the C locale."""
 
+    program = "systemctl"
+    error_type = SystemctlError
+    missing_remedy = (
+        "this host does not run systemd; travis-worker@.service needs a systemd host "
+        "(or a systemd LXC container)"
+    )
+
     def __init__(self, module: Any, binary: Optional[str] = None, user: bool = False) -> None:
-        self.module = module
-        self._binary = binary
+        super().__init__(module, binary)
         self.user = user
 
-    @property
-    def binary(self) -> str:
-        if self._binary is None:
-            found = self.module.get_bin_path("systemctl", required=False)
-            if not found:
-                raise SystemctlError(
-                    "systemctl was not found in PATH: this host does not run systemd; "
-                    "travis-worker@.service needs a systemd host (or a systemd LXC container)"
-                )
-            self._binary = found
-        return self._binary
+    def environment(self) -> dict:
+        return dict(C_LOCALE)
+
+    def argv(self, args: list) -> list:
+        return super().argv(["--user", *args] if self.user else list(args))
 
     def run(self, args: list[str], what: str, check: bool = True) -> tuple[int, str, str]:
-        cmd = [self.binary]
-        if self.user:
-            cmd.append("--user")
-        cmd.extend(args)
-        rc, out, err = self.module.run_command(cmd, environ_update=dict(C_LOCALE))
+        cmd = self.argv(args)
+        rc, out, err = self.call(cmd)
         if check and rc != 0:
-            first = next((ln.strip() for ln in (err or "").splitlines() if ln.strip()), "no error output")
             raise SystemctlError(
-                f"systemctl failed to {what}: {first} — check `systemctl status` and "
+                f"systemctl failed to {what}: {headline(err)} — check `systemctl status` and "
                 "`journalctl -u <unit>` for the unit named here",
                 cmd=cmd,
                 rc=rc,

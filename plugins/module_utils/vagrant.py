@@ -6,7 +6,7 @@ Stable API (other modules import these names; extend, do not break):
 
 ``VagrantRunner(execute, binary, project_dir=None, vagrant_home=None, timeout=None, timeout_binary=None,
 dry_run=False)``
-    Runs ``vagrant`` with argv lists only and the environment ``LANG=C``, ``LC_ALL=C``,
+    Runs ``vagrant`` with argv lists only and the environment ``LANG=C``, ``LC_ALL=C``, ``LC_MESSAGES=C``,
     ``VAGRANT_NO_COLOR=1``, ``VAGRANT_CHECKPOINT_DISABLE=1``, ``VAGRANT_CWD=project_dir`` and
     ``VAGRANT_HOME`` (if given).
     ``execute`` is a callable ``execute(argv, cwd, env) -> (rc, stdout, stderr)``; build one with
@@ -30,7 +30,8 @@ dry_run=False)``
     (vagrant missing, provider missing/unusable, unknown machine, box not found, VirtualBox lock,
     disk full, timeout, ...).
 ``parse_machine_readable(text) -> list[MachineReadableLine]``, ``unescape(text)``, ``parse_ssh_config(text)``,
-``parse_status(lines)``, ``parse_box_list(lines)``, ``error_exit(lines)``.
+``parse_status(lines)``, ``parse_box_list(lines)``, ``parse_box_architectures(lines)`` (Vagrant 2.4's
+``box-architecture`` lines), ``error_exit(lines)``.
 ``Machine(name, state, provider)`` and ``Box(name, provider, version)`` are NamedTuples
     (``._asdict()`` for JSON).
 ``box_directory(vagrant_home, name, version, provider) -> str``: where Vagrant unpacks a box;
@@ -49,7 +50,43 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Callable, NamedTuple, Optional
+from typing import NamedTuple, Optional
+
+from ansible_collections.travis.worker.plugins.module_utils.cli import (
+    C_LOCALE,
+    CommandError,
+    CommandRunner,
+    Executor,
+    module_executor,
+)
+
+__all__ = [
+    "ERROR_KINDS",
+    "HALTED_STATES",
+    "HALTED_STATE_BY_PROVIDER",
+    "NOT_CREATED",
+    "RUNNING_STATES",
+    "Box",
+    "Executor",
+    "Machine",
+    "MachineReadableLine",
+    "VagrantError",
+    "VagrantResult",
+    "VagrantRunner",
+    "box_directory",
+    "classify",
+    "default_vagrant_home",
+    "error_exit",
+    "fail_from_error",
+    "module_executor",
+    "parse_box_architectures",
+    "parse_box_list",
+    "parse_machine_readable",
+    "parse_ssh_config",
+    "parse_status",
+    "runner_from_module",
+    "unescape",
+]
 
 ERROR_KINDS = (
     "vagrant_missing",
@@ -80,8 +117,6 @@ HALTED_STATE_BY_PROVIDER = {
     "docker": "stopped",
 }
 
-Executor = Callable[[list, Optional[str], dict], tuple]
-
 
 class MachineReadableLine(NamedTuple):
     timestamp: str
@@ -110,21 +145,20 @@ class VagrantResult(NamedTuple):
     lines: list
 
 
-class VagrantError(Exception):
-    """A failed vagrant command, with a message an operator can act on."""
+class VagrantError(CommandError):
+    """A failed vagrant command, with a message an operator can act on (``kind``: one of ERROR_KINDS)."""
 
     def __init__(
         self, msg: str, kind: str = "vagrant_error", rc=None, stdout: str = "", stderr: str = "", cmd=None
     ):
-        super().__init__(msg)
+        super().__init__(msg, cmd=cmd, rc=rc, stdout=stdout, stderr=stderr)
         self.msg = msg
         self.kind = kind
-        self.rc = rc
-        self.stdout = stdout
-        self.stderr = stderr
-        self.cmd = cmd or []
 
     def as_dict(self) -> dict:
+        return dict(self.fail_kwargs(), error_kind=self.kind)
+
+    def fail_kwargs(self) -> dict:
         return {
             "msg": self.msg,
             "error_kind": self.kind,
@@ -195,6 +229,26 @@ def parse_box_list(lines: list) -> list:
     return [Box(b["name"], b["provider"], b["version"]) for b in boxes]
 
 
+def parse_box_architectures(lines: list) -> dict:
+    """{(name, provider, version): [architecture, ...]} from ``vagrant box list --machine-readable``.
+
+    Vagrant >= 2.4 prints a ``box-architecture`` line after each box block (``n/a`` for a box without one) and
+    repeats the block per architecture, so ``parse_box_list`` gives one ``Box`` per architecture; Vagrant 2.3
+    prints no such line (every box maps to ``[]``)."""
+    blocks: list = []
+    for line in lines:
+        if line.type == "box-name":
+            blocks.append({"name": line.data[0], "provider": "", "version": "0", "arch": None})
+        elif line.type in ("box-provider", "box-version", "box-architecture") and blocks and line.data:
+            blocks[-1][line.type[4:].replace("architecture", "arch")] = line.data[0]
+    result: dict = {}
+    for block in blocks:
+        archs = result.setdefault((block["name"], block["provider"], block["version"]), [])
+        if block["arch"] not in (None, "n/a") and block["arch"] not in archs:
+            archs.append(block["arch"])
+    return result
+
+
 def parse_ssh_config(text: str) -> dict:
     """Parse ``vagrant ssh-config`` (OpenSSH format) into {host: {option-lowercase: value}}."""
     hosts: dict = {}
@@ -233,7 +287,9 @@ def default_vagrant_home() -> str:
     return os.environ.get("VAGRANT_HOME") or os.path.expanduser("~/.vagrant.d")
 
 
-_LOCK_RE = re.compile(r"The machine '([^']+)' is already locked for a session")
+# VBoxManage's lock error as Vagrant's VBoxManageError quotes it: 7.x "The machine 'X' is already locked by a
+# session (or being locked or unlocked)", 6.1 "... is already locked for a session (or being unlocked)".
+_LOCK_RE = re.compile(r"The machine '([^']+)' is already locked (?:by|for) a session")
 
 
 def classify(rc, stdout: str, stderr: str, cmd, machine=None, box=None) -> VagrantError:
@@ -265,6 +321,13 @@ def classify(rc, stdout: str, stderr: str, cmd, machine=None, box=None) -> Vagra
             f"{what}: VirtualBox machine '{lock.group(1)}' is locked by another session "
             "(a VBoxManage/GUI/other vagrant call holds it); wait for it to finish, or run "
             f"'VBoxManage startvm {lock.group(1)} --type emergencystop' if that session is dead, then retry",
+        )
+    if cls == "Vagrant::Errors::MachineActionLockedError":
+        return err(
+            "machine_locked",
+            f"{what}: another vagrant process is running an action on this machine (Vagrant locks each "
+            "machine for one process at a time); wait for it to finish, or if no vagrant/ruby process is "
+            "left, retry. Vagrant said: " + detail.splitlines()[0],
         )
     if cls == "Vagrant::Errors::MachineNotFound":
         return err(
@@ -321,17 +384,11 @@ def classify(rc, stdout: str, stderr: str, cmd, machine=None, box=None) -> Vagra
     return err("vagrant_error", f"{what}: vagrant failed: {detail.strip() or 'no output'}")
 
 
-def module_executor(module) -> Executor:
-    """An executor that goes through ``module.run_command`` (argv list, ``environ_update``)."""
-
-    def execute(argv: list, cwd, env: dict) -> tuple:
-        return module.run_command(argv, cwd=cwd, environ_update=env, check_rc=False)
-
-    return execute
-
-
-class VagrantRunner:
+class VagrantRunner(CommandRunner):
     """Run vagrant commands for one project (``project_dir``) and one ``VAGRANT_HOME``."""
+
+    program = "vagrant"
+    error_type = VagrantError
 
     def __init__(
         self,
@@ -343,16 +400,17 @@ class VagrantRunner:
         timeout_binary=None,
         dry_run: bool = False,
     ):
-        self.dry_run = dry_run
-        self.execute = execute
-        self.binary = binary
+        super().__init__(None, binary, execute=execute, dry_run=dry_run)
         self.project_dir = project_dir
         self.vagrant_home = vagrant_home
         self.timeout = timeout
         self.timeout_binary = timeout_binary or "timeout"
 
+    def environment(self) -> dict:
+        return self.env()
+
     def env(self) -> dict:
-        env = {"LANG": "C", "LC_ALL": "C", "VAGRANT_NO_COLOR": "1", "VAGRANT_CHECKPOINT_DISABLE": "1"}
+        env = dict(C_LOCALE, VAGRANT_NO_COLOR="1", VAGRANT_CHECKPOINT_DISABLE="1")
         if self.project_dir:
             env["VAGRANT_CWD"] = self.project_dir
         if self.vagrant_home:
@@ -360,7 +418,7 @@ class VagrantRunner:
         return env
 
     def argv(self, args: list, machine_readable: bool = True) -> list:
-        argv = [self.binary, *[str(a) for a in args]]
+        argv = super().argv(args)
         if machine_readable:
             argv.append("--machine-readable")
         if self.timeout:
@@ -371,7 +429,7 @@ class VagrantRunner:
         self, args: list, machine=None, box=None, machine_readable: bool = True, env=None
     ) -> VagrantResult:
         argv = self.argv(args, machine_readable)
-        rc, out, err = self.execute(argv, self.project_dir, dict(self.env(), **(env or {})))
+        rc, out, err = self.call(argv, self.project_dir, env)
         lines = parse_machine_readable(out) if machine_readable else []
         failed = rc != 0 or (machine_readable and error_exit(lines)[0])
         if failed:
@@ -400,7 +458,7 @@ class VagrantRunner:
     # --- acting ---------------------------------------------------------------------------------------------
     def _act(self, args: list, machine=None, box=None) -> VagrantResult:
         """Run a command that changes something; with ``dry_run`` only return the argv it would run."""
-        if self.dry_run:
+        if self.skip():
             return VagrantResult(0, "", "", self.argv(args), [])
         return self.run(args, machine=machine, box=box)
 

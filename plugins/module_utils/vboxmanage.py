@@ -5,23 +5,57 @@
 
 VirtualBox registrations are per user: run the module as the user whose VMs you mean
 (``become_user: travis``); this runner never adds ``sudo`` by itself.
+
+A call fails when VBoxManage exits non-zero **or** prints a ``VBoxManage: error:`` line on stderr with exit 0
+(as Vagrant's VirtualBox driver treats it: e.g. ``showvminfo`` of an inaccessible VM exits 0 and prints the
+access error there). The failure message starts with that error line, never with the progress line
+(``0%...100%``) VBoxManage writes to stderr before it. The parsers read the formats of VirtualBox 7.0 and 7.1
+(tests/unit/fixtures/vboxmanage/, each with its provenance).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
-C_LOCALE = {"LANG": "C", "LC_ALL": "C", "LC_MESSAGES": "C"}
+from ansible_collections.travis.worker.plugins.module_utils.cli import (
+    C_LOCALE,
+    CommandError,
+    CommandRunner,
+    error_lines,
+    headline,
+)
+
+__all__ = [
+    "C_LOCALE",
+    "INACCESSIBLE",
+    "VBoxManage",
+    "VBoxManageError",
+    "VmEntry",
+    "config_file_from_human",
+    "failed",
+    "parse_human_info",
+    "parse_list_vms",
+    "parse_machinereadable",
+    "parse_system_properties",
+    "snapshot_names",
+]
+
 INACCESSIBLE = "<inaccessible>"
 
 _LIST_LINE = re.compile(r'^"(?P<name>.*)" \{(?P<uuid>[0-9a-fA-F-]{36})\}\s*$')
 _MR_LINE = re.compile(r'^(?P<key>"(?:[^"\\]|\\.)*"|[^=]+)=(?P<value>.*)$')
+# "already locked by a session (or being locked or unlocked)" (7.x), "already locked for a session (or
+# being unlocked)" (6.1), "Cannot unregister the machine '...' while it is locked".
 _LOCKED = re.compile(
     r"is already locked|while it is locked|locked for a session|VBOX_E_INVALID_OBJECT_STATE", re.IGNORECASE
 )
 _NOT_FOUND = re.compile(r"Could not find a registered machine|VBOX_E_OBJECT_NOT_FOUND", re.IGNORECASE)
+# SessionMachine::restoreSnapshot on an online VM: "Cannot delete the current state of the running machine".
+_ONLINE = re.compile(r"of the running machine|VBOX_E_INVALID_VM_STATE", re.IGNORECASE)
+# 7.0 prints this human line inside --machinereadable output; 7.1 prints encryption="...".
+_RAW_ENCRYPTION = re.compile(r"^Encryption:\s+(?P<value>\S+)\s*$")
 
 
 @dataclass(frozen=True)
@@ -39,18 +73,8 @@ class VmEntry:
         return {"name": self.name, "uuid": self.uuid, "inaccessible": self.inaccessible}
 
 
-@dataclass
-class VBoxManageError(Exception):
+class VBoxManageError(CommandError):
     """A failed VBoxManage call, with everything an operator needs to act on it."""
-
-    message: str
-    cmd: list[str] = field(default_factory=list)
-    rc: Optional[int] = None
-    stdout: str = ""
-    stderr: str = ""
-
-    def __str__(self) -> str:
-        return self.message
 
     @property
     def locked(self) -> bool:
@@ -60,15 +84,15 @@ class VBoxManageError(Exception):
     def not_found(self) -> bool:
         return bool(_NOT_FOUND.search(self.stderr or ""))
 
-    def fail_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``module.fail_json``."""
-        return {
-            "msg": self.message,
-            "cmd": self.cmd,
-            "rc": self.rc,
-            "stdout": self.stdout,
-            "stderr": self.stderr,
-        }
+    @property
+    def online(self) -> bool:
+        """The VM must be powered off for this (e.g. ``snapshot restore`` of a running VM)."""
+        return bool(_ONLINE.search(self.stderr or ""))
+
+
+def failed(rc: int, stderr: str) -> bool:
+    """Whether a VBoxManage call failed: non-zero exit, or exit 0 with ``VBoxManage: error:`` on stderr."""
+    return rc != 0 or bool(error_lines(stderr, "VBoxManage"))
 
 
 def parse_list_vms(text: str) -> list[VmEntry]:
@@ -92,11 +116,16 @@ def parse_machinereadable(text: str) -> dict[str, str]:
     """Parse ``VBoxManage showvminfo --machinereadable``: ``key="value"`` / ``"quoted key"="value"`` lines.
 
     Repeated keys keep the first value (VBoxManage repeats e.g. ``SnapshotName`` for each
-    snapshot level with a suffix, so real keys are unique anyway).
+    snapshot level with a suffix, so real keys are unique anyway). VirtualBox 7.0 prints
+    ``Encryption:     disabled`` and 7.1 ``encryption="disabled"``: both give ``info["encryption"]``.
     """
     info: dict[str, str] = {}
     for line in text.splitlines():
         if not line.strip():
+            continue
+        raw = _RAW_ENCRYPTION.match(line)
+        if raw:  # VirtualBox 7.0's human-format line; 7.1 prints encryption="..." (same key either way)
+            info.setdefault("encryption", raw.group("value"))
             continue
         match = _MR_LINE.match(line)
         if not match:
@@ -118,7 +147,10 @@ def parse_system_properties(text: str) -> dict[str, str]:
 
 def parse_human_info(text: str) -> dict[str, str]:
     """Parse the human-readable ``VBoxManage showvminfo`` (``Key:   value``); the only form that names the
-    settings file of an inaccessible VM (the machine-readable form prints just its name and UUID)."""
+    settings file of an inaccessible VM (the machine-readable form prints just its name and UUID).
+
+    Labels are padded to 17 columns for an inaccessible VM and to 28 for an accessible one; both parse.
+    The labels are translatable in VirtualBox 7 (``Info::tr``): only ``config_file_from_human`` reads one."""
     info: dict[str, str] = {}
     for line in text.splitlines():
         key, sep, value = line.partition(":")
@@ -127,41 +159,40 @@ def parse_human_info(text: str) -> dict[str, str]:
     return info
 
 
+def config_file_from_human(text: str) -> Optional[str]:
+    """The ``Config file:`` of a human ``showvminfo`` (the line's label is the untranslated one for an
+    inaccessible VM: ``Config file:     PATH``)."""
+    return parse_human_info(text).get("Config file") or None
+
+
 def snapshot_names(info: dict[str, str]) -> list[str]:
     """Snapshot names from a parsed ``showvminfo --machinereadable`` (``SnapshotName``, ``SnapshotName-1``)"""
     return [value for key, value in info.items() if key == "SnapshotName" or key.startswith("SnapshotName-")]
 
 
-class VBoxManage:
+class VBoxManage(CommandRunner):
     """Run VBoxManage through ``module.run_command`` with argv lists and the C locale."""
 
-    def __init__(self, module: Any, binary: Optional[str] = None) -> None:
-        self.module = module
-        self._binary = binary
+    program = "VBoxManage"
+    error_type = VBoxManageError
+    missing_remedy = (
+        "install VirtualBox (role travis.worker.virtualbox) or set the module's vboxmanage option to its path"
+    )
 
-    @property
-    def binary(self) -> str:
-        if self._binary is None:
-            found = self.module.get_bin_path("VBoxManage", required=False)
-            if not found:
-                raise VBoxManageError(
-                    "VBoxManage was not found in PATH on this host: install VirtualBox "
-                    "(role travis.worker.virtualbox) or set the module's vboxmanage option to its path"
-                )
-            self._binary = found
-        return self._binary
+    def __init__(self, module: Any, binary: Optional[str] = None) -> None:
+        super().__init__(module, binary)
 
     def run(self, args: list[str], what: str, check: bool = True) -> tuple[int, str, str]:
         """Run ``VBoxManage <args>``; on failure raise a VBoxManageError naming ``what`` was attempted."""
-        cmd = [self.binary, *args]
-        rc, out, err = self.module.run_command(cmd, environ_update=dict(C_LOCALE))
-        if check and rc != 0:
+        cmd = self.argv(args)
+        rc, out, err = self.call(cmd)
+        if check and failed(rc, err):
             raise VBoxManageError(self._explain(what, err), cmd=cmd, rc=rc, stdout=out, stderr=err)
         return rc, out, err
 
     @staticmethod
     def _explain(what: str, stderr: str) -> str:
-        first = next((ln.strip() for ln in (stderr or "").splitlines() if ln.strip()), "no error output")
+        first = headline(stderr, "VBoxManage")
         remedy = "see stderr"
         if _LOCKED.search(stderr or ""):
             remedy = (
@@ -170,6 +201,8 @@ class VBoxManage:
             )
         elif _NOT_FOUND.search(stderr or ""):
             remedy = "the VM is not registered for this user: check `VBoxManage list vms` as the same user"
+        elif _ONLINE.search(stderr or ""):
+            remedy = "the VM is running: power it off (VBoxManage controlvm <vm> poweroff) first, then retry"
         return f"VBoxManage failed to {what}: {first} — {remedy}"
 
     def list_vms(self) -> list[VmEntry]:
@@ -193,10 +226,11 @@ class VBoxManage:
 
     def config_file(self, vm: str) -> Optional[str]:
         """The settings file (``.vbox``) of a VM, also of an inaccessible one (None if unknown)."""
+        # check=False: for an inaccessible VM VBoxManage exits 0 and prints the access error on stderr.
         rc, out, _ = self.run(["showvminfo", vm], f"show VM {vm}", check=False)
         if rc != 0:
             return None
-        return parse_human_info(out).get("Config file") or None
+        return config_file_from_human(out)
 
     def vm_state(self, vm: str) -> str:
         """``VMState`` of a VM (``running``, ``poweroff``, ``saved``, ``aborted``...)."""

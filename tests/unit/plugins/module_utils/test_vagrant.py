@@ -45,6 +45,38 @@ def test_parse_box_lists():
     assert len(v.parse_box_list(lines("vbox_box_list"))) == 3
 
 
+def test_parse_virtualbox_guru_meditation_state():
+    machines = v.parse_status(lines("vbox_status_guru"))
+    assert [(m.name, m.state) for m in machines] == [("worker-1", "gurumeditation"), ("worker-2", "running")]
+
+
+def test_parse_box_list_vagrant_24_architectures():
+    """Vagrant 2.4 prints one box-name/provider/version/architecture block per architecture."""
+    recorded_lines = lines("vbox_box_list_24")
+    boxes = v.parse_box_list(recorded_lines)
+    assert boxes == [
+        v.Box("travis/worker-focal", "virtualbox", "2.2.0"),
+        v.Box("travis/worker-focal", "virtualbox", "2.2.0"),
+        v.Box("travis/worker-jammy", "virtualbox", "0"),
+    ]
+    assert v.parse_box_architectures(recorded_lines) == {
+        ("travis/worker-focal", "virtualbox", "2.2.0"): ["amd64", "arm64"],
+        ("travis/worker-jammy", "virtualbox", "0"): [],
+    }
+    assert v.parse_box_architectures(lines("vbox_box_list")) == {
+        ("travis/worker-focal", "virtualbox", "2.1.0"): [],
+        ("travis/worker-focal", "virtualbox", "2.2.0"): [],
+        ("travis/worker-jammy", "virtualbox", "0"): [],
+    }
+
+
+@pytest.mark.parametrize("fixture", ["vbox_ssh_config_worker1", "vbox_ssh_config_worker1_234"])
+def test_parse_ssh_config_vagrant_23_and_24(fixture):
+    host = v.parse_ssh_config(recorded(f"vagrant/{fixture}")["stdout"])["worker-1"]
+    assert (host["hostname"], host["port"], host["user"]) == ("127.0.0.1", "2222", "vagrant")
+    assert ("hostkeyalgorithms" in host) == fixture.endswith("worker1")  # 2.4 adds the ssh-rsa lines
+
+
 def test_parse_ssh_config():
     hosts = v.parse_ssh_config(recorded("vagrant/vbox_ssh_config_worker1")["stdout"])
     assert hosts["worker-1"]["hostname"] == "127.0.0.1"
@@ -67,7 +99,8 @@ def test_parse_ssh_config():
         ("lxc_box_add_bad_file", "box_corrupt", "Unrecognized archive format"),
         ("lxc_box_add_missing_file", "box_download", "check 'src'"),
         ("lxc_status_no_vagrantfile", "no_vagrantfile", "project_dir"),
-        ("vbox_up_locked", "machine_locked", "VBoxManage startvm worker-2_default_1699999000000_12345"),
+        ("vbox_up_locked", "machine_locked", "VBoxManage startvm travis-worker-2 --type emergencystop"),
+        ("vbox_up_action_locked", "machine_locked", "another vagrant process"),
         ("vbox_box_add_disk_full", "disk_full", "free space"),
         ("lxc_box_add_exists", "vagrant_error", "already exists"),
     ],

@@ -100,12 +100,84 @@ def test_locked_unregister_names_vm_and_remedy() -> None:
     assert "VBOX_E_INVALID_OBJECT_STATE" in kwargs["stderr"]
 
 
-def test_locked_snapshot_restore() -> None:
-    module = FakeModule("snapshot_restore_locked")
+@pytest.mark.parametrize("fixture", ["showvminfo_worker1_running", "showvminfo_worker1_running_71"])
+def test_parse_machinereadable_70_and_71(fixture: str) -> None:
+    """7.0 prints a raw 'Encryption:     disabled' line, 7.1 encryption="disabled": one key either way."""
+    text = recorded(f"vboxmanage/{fixture}")["stdout"]
+    info = vbm.parse_machinereadable(text)
+    assert info["encryption"] == "disabled"
+    assert not any(key.startswith("Encryption") for key in info)
+    assert info["VMState"] == "running" and info["name"] == "travis-worker-1"
+    assert vbm.snapshot_names(info) == ["travis-clean", "travis-clean-job"]
+    assert info["CurrentSnapshotName"] == "travis-clean-job"
+    keys = [line.split("=", 1)[0] for line in text.splitlines()]
+    assert keys.index("CurrentSnapshotNode") < keys.index("GuestMemoryBalloon")  # showVMInfo's order
+    assert ("platformArchitecture" in info) == fixture.endswith("_71")
+
+
+def test_parse_saved_vm_state_file() -> None:
+    info = vbm.parse_machinereadable(recorded("vboxmanage/showvminfo_worker3_saved_71")["stdout"])
+    assert info["VMState"] == "saved" and info["VMStateFile"].endswith(".sav")
+
+
+def test_rc0_with_error_on_stderr_is_a_failure() -> None:
+    """showvminfo of an inaccessible VM exits 0 and prints its access error as 'VBoxManage: error:'."""
+    module = FakeModule("showvminfo_inaccessible_human")
+    with pytest.raises(vbm.VBoxManageError) as info:
+        vbm.VBoxManage(module).run(["showvminfo", U3], f"show VM {U3}")
+    assert info.value.rc == 0
+    assert info.value.message.startswith(
+        f"VBoxManage failed to show VM {U3}: VBoxManage: error: Could not find file"
+    )
+
+
+def test_failure_headline_is_the_error_line_not_the_progress_line() -> None:
+    """VBoxManage writes 0%...100% to stderr before an error; the message must start with the error line.
+
+    Input: the progress line of unregistervm_ok followed by the error of unregistervm_locked (both
+    reconstructed recordings), as VBoxManage would print them for an unregister whose delete step fails."""
+    progress = recorded("vboxmanage/unregistervm_ok")["stderr"]
+    error = recorded("vboxmanage/unregistervm_locked")["stderr"]
+    assert progress.startswith("0%...")
+    message = vbm.VBoxManage._explain("unregister VM x", progress + error)
+    assert message.startswith(
+        "VBoxManage failed to unregister VM x: "
+        "VBoxManage: error: Cannot unregister the machine 'travis-worker-1'"
+    )
+    assert "power it off" in message
+
+
+def test_progress_on_stderr_is_no_failure() -> None:
+    module = FakeModule("controlvm_poweroff", "unregistervm_ok", "snapshot_take", "snapshot_restore_ok")
+    runner = vbm.VBoxManage(module)
+    runner.poweroff(U1)
+    runner.unregister("7f9e1d2c-3b4a-4c5d-8e6f-a1b2c3d4e5f6")
+    runner.snapshot_take("travis-worker-1", "travis-clean")
+    runner.snapshot_restore("travis-worker-1", "travis-clean")
+    assert not module.queue
+
+
+def test_startvm_locked_real_wording() -> None:
+    """VirtualBox 7: 'already locked by a session (or being locked or unlocked)'."""
+    module = FakeModule("startvm_locked")
+    with pytest.raises(vbm.VBoxManageError) as info:
+        vbm.VBoxManage(module).run(
+            ["startvm", "travis-worker-1", "--type", "headless"], "start VM travis-worker-1"
+        )
+    assert info.value.locked
+    assert "locked by another session" in info.value.message
+
+
+def test_snapshot_restore_of_running_vm() -> None:
+    """snapshot takes a shared lock: a running VM fails in RestoreSnapshot (VBOX_E_INVALID_VM_STATE)."""
+    module = FakeModule("snapshot_restore_running")
     with pytest.raises(vbm.VBoxManageError) as info:
         vbm.VBoxManage(module).snapshot_restore("travis-worker-1", "travis-clean")
-    assert info.value.locked
-    assert "'travis-clean' of VM travis-worker-1" in info.value.message
+    err = info.value
+    assert err.online and not err.locked
+    assert "'travis-clean' of VM travis-worker-1" in err.message
+    assert "Cannot delete the current state of the running machine" in err.message
+    assert "power it off" in err.message
 
 
 def test_not_found() -> None:
@@ -118,7 +190,7 @@ def test_not_found() -> None:
 
 def test_snapshot_take_and_poweroff_argv() -> None:
     module = FakeModule("snapshot_take", "controlvm_poweroff")
-    runner = vbm.VBoxManage(module)
+    runner = vbm.VBoxManage(module)  # both print their progress on stderr and exit 0
     runner.snapshot_take("travis-worker-1", "travis-clean")
     runner.poweroff(U1)
     assert [c["argv"][1] for c in module.calls] == ["snapshot", "controlvm"]

@@ -215,10 +215,10 @@ def test_virtualbox_locked_machine_error(run_module, project):
     )
     assert result["failed"] is True
     assert result["error_kind"] == "machine_locked"
-    assert "worker-2_default_1699999000000_12345" in result["msg"]
+    assert "travis-worker-2" in result["msg"]
     assert "locked by another session" in result["msg"] and "retry" in result["msg"]
     assert result["rc"] == 1
-    assert "already locked for a session" in result["stdout"]
+    assert "already locked by a session" in result["stdout"]
 
 
 def test_provider_not_usable_recorded(run_module, project):
