@@ -23,7 +23,9 @@ call (argv, cwd, environ_update) is in ``result["_calls"]``, ``module.warn()`` m
 ``result["_warnings"]``.
 
 Fixtures (recorded command outputs) live in ``tests/unit/fixtures/<tool>/<name>.json`` as
-``{"argv": [...], "rc": 0, "stdout": "...", "stderr": "...", "recorded": "<where it came from>"}``.
+``{"argv": [...], "rc": 0, "stdout": "...", "stderr": "...", "provenance": {...}}``; the provenance object
+(program, version, method ``captured``/``reconstructed``, source) is required by tests/unit/test_recordings.py
+and described in docs/recordings.md.
 """
 
 from __future__ import annotations
