@@ -101,6 +101,8 @@ def test_parse_ssh_config():
         ("lxc_status_no_vagrantfile", "no_vagrantfile", "project_dir"),
         ("vbox_up_locked", "machine_locked", "VBoxManage startvm travis-worker-2 --type emergencystop"),
         ("vbox_up_action_locked", "machine_locked", "another vagrant process"),
+        ("lxc_up_action_locked", "machine_locked", "another vagrant process"),
+        ("lxc_halt_action_locked", "machine_locked", "another vagrant process"),
         ("vbox_box_add_disk_full", "disk_full", "free space"),
         ("lxc_box_add_exists", "vagrant_error", "already exists"),
     ],
@@ -114,6 +116,16 @@ def test_classifier_on_recorded_errors(fixture, kind, needle):
     assert "machine 'worker-2'" in err.msg or kind == "no_vagrantfile"
     assert f"rc={rec['rc']}" in err.msg
     assert err.as_dict()["stdout"] == rec["stdout"]
+
+
+def test_reconstructed_action_lock_matches_the_capture():
+    """The VirtualBox reconstruction of MachineActionLockedError equals the real vagrant-lxc run but for the
+    timestamps and the provider name (the error is raised before any provider code runs)."""
+
+    def shape(fixture):
+        return [(x.target, x.type, [d.replace("lxc", "virtualbox") for d in x.data]) for x in lines(fixture)]
+
+    assert shape("vbox_up_action_locked") == shape("lxc_up_action_locked")
 
 
 def test_classifier_timeout_and_plain_stderr():
