@@ -11,7 +11,7 @@
   ``fail_kwargs()`` for ``module.fail_json``). Each runner subclasses it and puts its remedy in ``message``.
 - ``CommandRunner``: finds the binary (``module.get_bin_path``, with the runner's own "not installed" remedy),
   builds the argv (a list, never a string), runs it through an executor with the C locale, and in check mode
-  (``dry_run``) skips what would change something while still returning the argv a real run would use.
+  (``dry_run``) skips what would change something, keeping the argv a real run would use in ``planned``.
 - ``headline(text)``: the line a failure message starts with: the first ``<program>: error:`` line if there is
   one, else the first line that is not a progress line (``0%...10%...``), else ``"no error output"``.
 - ``module_executor(module)``: an executor ``execute(argv, cwd, env) -> (rc, stdout, stderr)`` through
@@ -121,6 +121,7 @@ class CommandRunner:
         self._binary = binary
         self.execute = execute or (module_executor(module) if module is not None else None)
         self.dry_run = dry_run
+        self.planned: list[list] = []  # argv of the changing commands a dry run skipped
 
     @property
     def binary(self) -> str:
@@ -150,6 +151,8 @@ class CommandRunner:
         rc, out, err = self.execute(argv, cwd, dict(self.environment(), **(env or {})))
         return rc, out or "", err or ""
 
-    def skip(self) -> bool:
-        """True when a command that changes something must not run (check mode)."""
+    def skip(self, argv: list) -> bool:
+        """True when ``argv`` changes something and must not run (check mode); it is added to ``planned``."""
+        if self.dry_run:
+            self.planned.append(list(argv))
         return self.dry_run

@@ -74,7 +74,10 @@ def parse_list_unit_files(text: str) -> list[dict[str, str]]:
 
 
 class Systemctl(CommandRunner):
-    """Run systemctl through ``module.run_command`` with argv lists and the C locale."""
+    """Run systemctl through ``module.run_command`` with argv lists and the C locale.
+
+    With ``dry_run=True`` (check mode) start/stop/restart/reload/kill are not run; their argv is kept in
+    ``planned``. Reading commands always run."""
 
     program = "systemctl"
     error_type = SystemctlError
@@ -83,8 +86,10 @@ class Systemctl(CommandRunner):
         "(or a systemd LXC container)"
     )
 
-    def __init__(self, module: Any, binary: Optional[str] = None, user: bool = False) -> None:
-        super().__init__(module, binary)
+    def __init__(
+        self, module: Any, binary: Optional[str] = None, user: bool = False, dry_run: bool = False
+    ) -> None:
+        super().__init__(module, binary, dry_run=dry_run)
         self.user = user
 
     def environment(self) -> dict:
@@ -93,8 +98,13 @@ class Systemctl(CommandRunner):
     def argv(self, args: list) -> list:
         return super().argv(["--user", *args] if self.user else list(args))
 
-    def run(self, args: list[str], what: str, check: bool = True) -> tuple[int, str, str]:
+    def run(
+        self, args: list[str], what: str, check: bool = True, changes: bool = False
+    ) -> tuple[int, str, str]:
+        """Run ``systemctl <args>``; a command that ``changes`` something is skipped in a dry run."""
         cmd = self.argv(args)
+        if changes and self.skip(cmd):
+            return 0, "", ""
         rc, out, err = self.call(cmd)
         if check and rc != 0:
             raise SystemctlError(
@@ -147,7 +157,7 @@ class Systemctl(CommandRunner):
             args.append("--no-block")
         args.append("--")
         args.extend(units)
-        self.run(args, f"{verb} {', '.join(units)}")
+        self.run(args, f"{verb} {', '.join(units)}", changes=True)
 
     def kill(self, units: list[str], signal: str, whom: str = "main") -> None:
         """Send ``signal`` (e.g. ``SIGQUIT``) to the ``main`` process (or ``all``) of each unit."""
@@ -156,6 +166,7 @@ class Systemctl(CommandRunner):
         self.run(
             ["kill", f"--signal={signal}", f"--kill-who={whom}", "--", *units],
             f"send {signal} to {', '.join(units)}",
+            changes=True,
         )
 
     def list_units(self, pattern: str, all_units: bool = True) -> list[dict[str, str]]:

@@ -458,8 +458,9 @@ class VagrantRunner(CommandRunner):
     # --- acting ---------------------------------------------------------------------------------------------
     def _act(self, args: list, machine=None, box=None) -> VagrantResult:
         """Run a command that changes something; with ``dry_run`` only return the argv it would run."""
-        if self.skip():
-            return VagrantResult(0, "", "", self.argv(args), [])
+        argv = self.argv(args)
+        if self.skip(argv):
+            return VagrantResult(0, "", "", argv, [])
         return self.run(args, machine=machine, box=box)
 
     @staticmethod

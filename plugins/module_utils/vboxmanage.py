@@ -171,7 +171,10 @@ def snapshot_names(info: dict[str, str]) -> list[str]:
 
 
 class VBoxManage(CommandRunner):
-    """Run VBoxManage through ``module.run_command`` with argv lists and the C locale."""
+    """Run VBoxManage through ``module.run_command`` with argv lists and the C locale.
+
+    With ``dry_run=True`` (check mode) the commands that change a VM (poweroff, unregister, snapshot
+    take/restore/delete) are not run; their argv is kept in ``planned``. Reading commands always run."""
 
     program = "VBoxManage"
     error_type = VBoxManageError
@@ -179,12 +182,18 @@ class VBoxManage(CommandRunner):
         "install VirtualBox (role travis.worker.virtualbox) or set the module's vboxmanage option to its path"
     )
 
-    def __init__(self, module: Any, binary: Optional[str] = None) -> None:
-        super().__init__(module, binary)
+    def __init__(self, module: Any, binary: Optional[str] = None, dry_run: bool = False) -> None:
+        super().__init__(module, binary, dry_run=dry_run)
 
-    def run(self, args: list[str], what: str, check: bool = True) -> tuple[int, str, str]:
-        """Run ``VBoxManage <args>``; on failure raise a VBoxManageError naming ``what`` was attempted."""
+    def run(
+        self, args: list[str], what: str, check: bool = True, changes: bool = False
+    ) -> tuple[int, str, str]:
+        """Run ``VBoxManage <args>``; on failure raise a VBoxManageError naming ``what`` was attempted.
+
+        A command that ``changes`` something is skipped in a dry run (its argv goes to ``planned``)."""
         cmd = self.argv(args)
+        if changes and self.skip(cmd):
+            return 0, "", ""
         rc, out, err = self.call(cmd)
         if check and failed(rc, err):
             raise VBoxManageError(self._explain(what, err), cmd=cmd, rc=rc, stdout=out, stderr=err)
@@ -237,25 +246,25 @@ class VBoxManage(CommandRunner):
         return self.show_vm_info(vm).get("VMState", "unknown")
 
     def poweroff(self, vm: str) -> None:
-        self.run(["controlvm", vm, "poweroff"], f"power off VM {vm}")
+        self.run(["controlvm", vm, "poweroff"], f"power off VM {vm}", changes=True)
 
     def unregister(self, vm: str, delete: bool = True) -> None:
         args = ["unregistervm", vm]
         if delete:
             args.append("--delete")
-        self.run(args, f"unregister{' and delete' if delete else ''} VM {vm}")
+        self.run(args, f"unregister{' and delete' if delete else ''} VM {vm}", changes=True)
 
     def snapshot_take(self, vm: str, name: str, live: bool = False) -> None:
         args = ["snapshot", vm, "take", name]
         if live:
             args.append("--live")
-        self.run(args, f"take snapshot {name!r} of VM {vm}")
+        self.run(args, f"take snapshot {name!r} of VM {vm}", changes=True)
 
     def snapshot_restore(self, vm: str, name: str) -> None:
-        self.run(["snapshot", vm, "restore", name], f"restore snapshot {name!r} of VM {vm}")
+        self.run(["snapshot", vm, "restore", name], f"restore snapshot {name!r} of VM {vm}", changes=True)
 
     def snapshot_delete(self, vm: str, name: str) -> None:
-        self.run(["snapshot", vm, "delete", name], f"delete snapshot {name!r} of VM {vm}")
+        self.run(["snapshot", vm, "delete", name], f"delete snapshot {name!r} of VM {vm}", changes=True)
 
     def snapshots(self, vm: str) -> list[str]:
         return snapshot_names(self.show_vm_info(vm))
