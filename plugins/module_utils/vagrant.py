@@ -156,7 +156,7 @@ class VagrantError(CommandError):
         self.kind = kind
 
     def as_dict(self) -> dict:
-        return dict(self.fail_kwargs(), error_kind=self.kind)
+        return self.fail_kwargs()
 
     def fail_kwargs(self) -> dict:
         return {
@@ -235,12 +235,13 @@ def parse_box_architectures(lines: list) -> dict:
     Vagrant >= 2.4 prints a ``box-architecture`` line after each box block (``n/a`` for a box without one) and
     repeats the block per architecture, so ``parse_box_list`` gives one ``Box`` per architecture; Vagrant 2.3
     prints no such line (every box maps to ``[]``)."""
+    field_of = {"box-provider": "provider", "box-version": "version", "box-architecture": "arch"}
     blocks: list = []
     for line in lines:
         if line.type == "box-name":
             blocks.append({"name": line.data[0], "provider": "", "version": "0", "arch": None})
-        elif line.type in ("box-provider", "box-version", "box-architecture") and blocks and line.data:
-            blocks[-1][line.type[4:].replace("architecture", "arch")] = line.data[0]
+        elif line.type in field_of and blocks and line.data:
+            blocks[-1][field_of[line.type]] = line.data[0]
     result: dict = {}
     for block in blocks:
         archs = result.setdefault((block["name"], block["provider"], block["version"]), [])

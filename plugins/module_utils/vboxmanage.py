@@ -160,8 +160,9 @@ def parse_human_info(text: str) -> dict[str, str]:
 
 
 def config_file_from_human(text: str) -> Optional[str]:
-    """The ``Config file:`` of a human ``showvminfo`` (the line's label is the untranslated one for an
-    inaccessible VM: ``Config file:     PATH``)."""
+    """The ``Config file:`` of a human ``showvminfo`` (``Config file:     PATH`` for an inaccessible VM).
+
+    Human text: the label is a translatable string in VirtualBox 7 (docs/recordings.md)."""
     return parse_human_info(text).get("Config file") or None
 
 
