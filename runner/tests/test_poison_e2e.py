@@ -206,7 +206,7 @@ def test_kill9_leaves_no_build_directory_after_the_next_start(
     (root / f"{os.uname().nodename}_{os.getpid()}_0").mkdir()  # a live pid whose start time differs: dead
     next_worker = spawn(build_root=str(root))
     wait_for(lambda: not (root / owner[0]).exists(), 10, "the dead worker's build directory removed")
-    assert "removed 2 build directorie(s) of dead workers" in next_worker.log()
+    assert "removed the build directories of 2 dead worker(s)" in next_worker.log()
     assert (root / "not-a-worker-dir").is_dir() and (other / "keep").is_dir()
     wait_for(lambda: 1 in finished(client), 60, "the killed job to run again")
     assert [p.name.split("_")[1] for p in root.iterdir() if p.name != "not-a-worker-dir"] == [

@@ -394,13 +394,17 @@ class Queue:
                                 )
                             log.warning("failed entry %d is unreadable; left in the failed list", i)
                             continue
-                        try:
-                            raw = payload if isinstance(payload, str) else json.dumps(payload)
+                        try:  # the record is decoded already: drop the attempt count, no second decode
+                            if isinstance(payload, str):
+                                raw = self.envelope(payload).without_attempts()
+                            elif isinstance(payload, dict):
+                                raw = json.dumps({k: v for k, v in payload.items() if k != "attempts"})
+                            else:
+                                raw = json.dumps(payload)
                         except Exception as exc:  # e.g. nested too deep to encode
                             raise PayloadError(
                                 f"failed entry {i}: payload cannot be encoded: {exc!r}"
                             ) from None
-                        raw = self.envelope(raw).without_attempts()
                         queue = entry.get("queue")
                         queue = queue if isinstance(queue, str) and queue else self.queue
                         pipe.sadd(self.keys.queues, queue)

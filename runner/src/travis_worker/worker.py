@@ -252,7 +252,9 @@ class Worker:
             log.warning("could not look for build directories of dead workers: %s", exc)
             return
         if removed:
-            log.info("removed %d build directorie(s) of dead workers: %s", len(removed), ", ".join(removed))
+            log.info(
+                "removed the build directories of %d dead worker(s): %s", len(removed), ", ".join(removed)
+            )
 
     def _supervised(self, name: str, target: Any) -> threading.Thread:
         """A daemon thread that stops the worker if it ever ends unexpectedly: a worker whose heartbeat or
@@ -262,7 +264,7 @@ class Worker:
             try:
                 target()
             except Exception as exc:
-                log.critical("the %s thread died: %r", name, exc, exc_info=True)
+                log.debug("the %s thread raised", name, exc_info=True)
                 self._thread_died(name, repr(exc))
                 return
             if not self.threads_stop.is_set():
@@ -272,7 +274,9 @@ class Worker:
 
     def _thread_died(self, name: str, why: str) -> None:
         self.thread_failure = f"the {name} thread died ({why})"
-        log.critical("%s; stopping this worker (a job in progress is requeued)", self.thread_failure)
+        log.critical(
+            "%s; stopping this worker (a job in progress is requeued)", self.thread_failure, exc_info=True
+        )
         self.stop_mode = "immediate"
         self._abort_current(f"{self.thread_failure}; the worker stopped")
 
