@@ -281,9 +281,17 @@ def _too_deep(value: Any, limit: int) -> bool:
     return False
 
 
+def _too_large(size: int, max_bytes: int) -> PayloadError:
+    return PayloadError(
+        f"payload: {size} bytes, more than the limit of {max_bytes} bytes (limits.payload_size)"
+    )
+
+
 def decode_json(raw: Union[bytes, str], max_bytes: int = DEFAULT_MAX_PAYLOAD) -> Any:
     """Untrusted bytes (or a str read with ``surrogateescape``) -> JSON value; anything else: PayloadError."""
     if isinstance(raw, str):
+        if raw.isascii() and len(raw) > max_bytes:  # isascii is O(1) in CPython: no copy of a huge job
+            raise _too_large(len(raw), max_bytes)
         try:
             raw = raw.encode("utf-8", "surrogateescape")
         except UnicodeEncodeError as exc:
@@ -291,9 +299,7 @@ def decode_json(raw: Union[bytes, str], max_bytes: int = DEFAULT_MAX_PAYLOAD) ->
     if not isinstance(raw, (bytes, bytearray)):
         raise PayloadError(f"payload: expected JSON text, got {_type_name(raw)}")
     if len(raw) > max_bytes:
-        raise PayloadError(
-            f"payload: {len(raw)} bytes, more than the limit of {max_bytes} bytes (limits.payload_size)"
-        )
+        raise _too_large(len(raw), max_bytes)
     try:
         text = bytes(raw).decode("utf-8")
     except UnicodeDecodeError as exc:
