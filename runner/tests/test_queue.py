@@ -264,3 +264,14 @@ def test_failed_and_retry_survive_unreadable_entries(client: redis.Redis) -> Non
     assert q.retry(None) == 1
     assert client.lrange("resque:queue:builds", 0, -1) == [job(1)]
     assert client.lrange("resque:failed", 0, -1) == [deep, "[1, 2]"]
+
+
+def test_reaper_reads_a_dead_workers_state_safely(client: redis.Redis) -> None:
+    for n, state in enumerate(['{"vm": ["worker-1"]}', "[" * 5000 + "]" * 5000, '"idle"']):
+        wid = f"dead:{n}:builds"
+        client.hset("resque:workers:heartbeat", wid, now_iso(0))
+        client.hset("resque:travis:worker_state", wid, state)
+        client.rpush(f"resque:processing:{wid}", job(n))
+    outcomes = make(client, "me:1:builds").reap(5)
+    assert outcomes == {f"dead:{n}:builds": ["requeued"] for n in range(3)}
+    assert client.hkeys("resque:travis:worker_state") == []

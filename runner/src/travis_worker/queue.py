@@ -330,6 +330,7 @@ class Queue:
                     if state:
                         doc = loads_safely(state)
                         vm = doc.get("vm") if isinstance(doc, dict) else None
+                        vm = vm if isinstance(vm, str) else None
                     vm_owner = pipe.hget(self.keys.vm_state, vm) if vm else None
                     pipe.multi()
                     outcomes = []
