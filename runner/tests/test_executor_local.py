@@ -235,3 +235,37 @@ def test_build_has_the_pty_as_controlling_terminal() -> None:
     result, out = run("test -r /dev/tty && test -w /dev/tty && echo ok > /dev/tty")
     assert result.state == "passed", out.text
     assert "ok" in out.text
+
+
+def test_remove_stale_builds_only_takes_dead_workers_of_this_host(tmp_path: Path) -> None:
+    from travis_worker.executor_local import owner_name, process_start
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    host = os.uname().nodename
+    names = {
+        "live": owner_name(),  # this process: alive with this start time
+        "dead": f"{host}_{gone.pid}_12345",  # exited
+        # this pid is alive but with another start time: a reused pid, its first owner is dead
+        "reused": f"{host}_{os.getpid()}_{int(process_start(os.getpid()) or 0) + 1}",
+        "other-host": f"otherhost.invalid_{gone.pid}_1",
+        "junk": "lost+found",
+    }
+    for name in names.values():
+        (tmp_path / name / "travis-worker-job-x").mkdir(parents=True)
+    removed = LocalExecutor(work_root=str(tmp_path)).remove_stale_builds()
+    assert sorted(removed) == sorted([names["dead"], names["reused"]])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [names["live"], names["other-host"], "lost+found"]
+    )
+
+
+def test_builds_run_under_the_build_root_in_a_directory_of_this_process(tmp_path: Path) -> None:
+    from travis_worker.executor_local import owner_name
+
+    out = Recorder()
+    result = LocalExecutor(work_root=str(tmp_path)).run('echo "dir=$PWD"', out, threading.Event(), ROOMY)
+    assert result.state == "passed", out.text
+    job_dir = Path(re.search(r"dir=(\S+)", out.text).group(1))
+    assert job_dir.parent == tmp_path / owner_name()
+    assert not job_dir.exists() and job_dir.parent.is_dir()

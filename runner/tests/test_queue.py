@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import threading
 
+import pytest
 import redis
 from travis_worker.keys import Keys
+from travis_worker.payload import PayloadError
 from travis_worker.queue import Queue, attempts_of, now_iso, parse_iso, queue_of
 
 K = Keys("resque")
@@ -28,14 +30,14 @@ def test_push_and_take_are_resque_shaped(client: redis.Redis) -> None:
     assert client.lrange("resque:queue:builds", 0, -1) == [job(1)]
     assert "host:1:builds" in client.smembers("resque:workers")
     assert parse_iso(client.hget("resque:workers:heartbeat", "host:1:builds")) is not None
-    raw = q.take(1)
-    assert raw == job(1)
+    taken = q.take(1)
+    assert taken is not None and taken.raw == job(1) and taken.error is None
     assert client.llen("resque:queue:builds") == 0
-    assert client.lrange("resque:processing:host:1:builds", 0, -1) == [raw]
-    q.start(raw, now_iso())
+    assert client.lrange("resque:processing:host:1:builds", 0, -1) == [taken.raw]
+    q.start(taken, now_iso())
     doc = json.loads(client.get("resque:worker:host:1:builds"))
     assert doc["queue"] == "builds" and doc["payload"] == json.loads(job(1)) and doc["run_at"]
-    assert q.finish(raw, ["report"])
+    assert q.finish(taken, ["report"])
     assert client.llen("resque:processing:host:1:builds") == 0
     assert client.lrange("resque:travis:outbox:host:1:builds", 0, -1) == ["report"]
     assert client.get("resque:stat:processed") == "1"
@@ -46,7 +48,7 @@ def test_take_returns_held_job_first(client: redis.Redis) -> None:
     q = make(client)
     client.rpush("resque:processing:host:1:builds", job(9))
     q.push(job(1))
-    assert q.take(1) == job(9)
+    assert q.take(1).raw == job(9)
 
 
 def test_take_times_out_empty(client: redis.Redis) -> None:
@@ -172,7 +174,7 @@ def test_retry_one_and_all(client: redis.Redis) -> None:
             "resque:processing:host:1:builds", json.dumps({"class": "X", "args": [{"n": n}], "attempts": 3})
         )
     for raw in client.lrange("resque:processing:host:1:builds", 0, -1):
-        q.fail(raw, exception="E", error="e")
+        q.fail(q.envelope(raw), exception="E", error="e")
     assert q.retry(1) == 1
     assert [json.loads(x) for x in client.lrange("resque:queue:builds", 0, -1)] == [
         {"class": "X", "args": [{"n": 1}]}
@@ -227,3 +229,49 @@ def test_finish_after_being_reaped_queues_nothing(client: redis.Redis) -> None:
     assert q.finish(raw, ["final report"]) is False
     assert not client.exists("resque:travis:outbox:slow:1:builds")
     assert client.llen("resque:queue:builds") == 1
+
+
+def test_reaper_fails_a_poison_pill_instead_of_dying(client: redis.Redis, redis_url: str) -> None:
+    """A dead worker's processing list holding deep JSON, a 2 MB job and invalid UTF-8: the reaper sends
+    each to failed with its reason and reaps a normal job next to them."""
+    big = json.dumps({"class": "X", "args": [{"pad": "x" * 2 * 1024 * 1024}]})
+    pills = ["[" * 1000 + "]" * 1000, big, b'{"\xff": 1}']
+    client.rpush("resque:processing:dead:1:builds", *pills, job(1))
+    client.hset("resque:workers:heartbeat", "dead:1:builds", now_iso(0))
+    # read as the worker reads Redis: str, with invalid bytes kept by surrogateescape
+    reaper = redis.Redis.from_url(redis_url, decode_responses=True, encoding_errors="surrogateescape")
+    outcomes = make(reaper, "me:1:builds").reap(5)
+    assert outcomes == {"dead:1:builds": ["requeued", "failed", "failed", "failed"]}
+    entries = [json.loads(x) for x in reaper.lrange("resque:failed", 0, -1)]
+    assert [e["exception"] for e in entries] == ["PayloadError"] * 3
+    errors = sorted(e["error"] for e in entries)
+    assert "nested deeper than 100 levels" in errors[0] or "nested deeper than 100 levels" in errors[1]
+    assert any("bytes, more than the limit of 1048576 bytes" in e for e in errors)
+    assert any("not UTF-8" in e for e in errors)
+    assert all("worker dead:1:builds died" in e for e in errors)
+    assert [json.loads(x)["args"][0]["n"] for x in client.lrange("resque:queue:builds", 0, -1)] == [1]
+
+
+def test_failed_and_retry_survive_unreadable_entries(client: redis.Redis) -> None:
+    q = make(client)
+    deep = "[" * 5000 + "]" * 5000
+    client.rpush("resque:failed", deep, "[1, 2]", json.dumps({"payload": job(1), "queue": "builds"}))
+    entries = q.failed()
+    assert [e.get("error") for e in entries[:2]] == ["unreadable failed entry"] * 2
+    assert entries[2]["payload"] == job(1)
+    with pytest.raises(PayloadError, match="failed entry 0 is unreadable"):
+        q.retry(0)
+    assert q.retry(None) == 1
+    assert client.lrange("resque:queue:builds", 0, -1) == [job(1)]
+    assert client.lrange("resque:failed", 0, -1) == [deep, "[1, 2]"]
+
+
+def test_reaper_reads_a_dead_workers_state_safely(client: redis.Redis) -> None:
+    for n, state in enumerate(['{"vm": ["worker-1"]}', "[" * 5000 + "]" * 5000, '"idle"']):
+        wid = f"dead:{n}:builds"
+        client.hset("resque:workers:heartbeat", wid, now_iso(0))
+        client.hset("resque:travis:worker_state", wid, state)
+        client.rpush(f"resque:processing:{wid}", job(n))
+    outcomes = make(client, "me:1:builds").reap(5)
+    assert outcomes == {f"dead:{n}:builds": ["requeued"] for n in range(3)}
+    assert client.hkeys("resque:travis:worker_state") == []

@@ -24,9 +24,11 @@ def test_kill9_mid_job_every_job_completes_once_elsewhere(tmp_path: Path, redis_
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     repo = make_repo(tmp_path / "git")
     workers: list[WorkerProc] = []
+    build_root = tmp_path / "builds"  # shared: each worker start removes the killed workers' builds
+    build_root.mkdir()
 
     def spawn() -> WorkerProc:
-        worker = WorkerProc(tmp_path, redis_url, f"w{len(workers)}")
+        worker = WorkerProc(tmp_path, redis_url, f"w{len(workers)}", build_root=str(build_root))
         workers.append(worker)
         return worker
 
@@ -73,6 +75,10 @@ def test_kill9_mid_job_every_job_completes_once_elsewhere(tmp_path: Path, redis_
             assert [r["state"] for r in reports(client) if r["job_id"] == job_id and "state" in r].count(
                 "received"
             ) == 2
+        live_pids = {str(w.proc.pid) for w in workers if w.proc.poll() is None}
+        left = {p.name.split("_")[1] for p in build_root.iterdir()}
+        assert left <= live_pids, f"build directories of killed workers left: {left - live_pids}"
+        assert not list(build_root.glob("*/travis-worker-job-*")), "a build directory outlived its job"
     finally:
         for worker in workers:
             worker.stop()

@@ -15,7 +15,7 @@ import yaml
 from travis_worker import __version__
 from travis_worker.config import Config, ConfigError, load_config
 from travis_worker.keys import Keys
-from travis_worker.queue import Queue, parse_iso
+from travis_worker.queue import Queue, loads_safely, parse_iso
 
 EXIT_OK = 0
 EXIT_ERROR = 1  # runtime failure (Redis unreachable, ...)
@@ -126,28 +126,35 @@ def worker_rows(client: redis.Redis, keys: Keys, default_interval: float) -> lis
     now = time.time()
     rows = []
     for worker_id in ids:
-        try:
-            doc = json.loads(states.get(worker_id) or "{}")
-        except ValueError:
-            doc = {}
+        doc = loads_safely(states.get(worker_id))  # anyone may write these hashes: never trust their shape
+        doc = doc if isinstance(doc, dict) else {}
         ts = parse_iso(beats.get(worker_id))
         age = None if ts is None else max(0.0, now - ts)
-        interval = float(doc.get("heartbeat_interval") or default_interval)
-        state = doc.get("state", "unknown")
+        interval = doc.get("heartbeat_interval")
+        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not interval > 0:
+            interval = default_interval
+        state = doc.get("state") if isinstance(doc.get("state"), str) else "unknown"
         if age is None or age > DEAD_AFTER_BEATS * interval:
             state = "dead"
         rows.append(
             {
                 "id": worker_id,
                 "state": state,
-                "job_id": doc.get("job_id"),
-                "vm": doc.get("vm"),
+                "job_id": doc.get("job_id") if isinstance(doc.get("job_id"), (int, str)) else None,
+                "vm": doc.get("vm") if isinstance(doc.get("vm"), str) else None,
                 "heartbeat_age": None if age is None else round(age, 3),
-                "processed": int(client.get(keys.stat("processed", worker_id)) or 0),
-                "failed": int(client.get(keys.stat("failed", worker_id)) or 0),
+                "processed": _count(client.get(keys.stat("processed", worker_id))),
+                "failed": _count(client.get(keys.stat("failed", worker_id))),
             }
         )
     return rows
+
+
+def _count(value: str | None) -> int:
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
 
 
 def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
@@ -169,7 +176,14 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def _queue(cfg: Config, queue: str | None = None) -> Queue:
-    return Queue(_client(cfg), Keys(cfg.namespace), queue or cfg["queue"], "cli", cfg["max_attempts"])
+    return Queue(
+        _client(cfg),
+        Keys(cfg.namespace),
+        queue or cfg["queue"],
+        "cli",
+        cfg["max_attempts"],
+        cfg["limits.payload_size"],
+    )
 
 
 def cmd_failed(cfg: Config, args: argparse.Namespace) -> int:
@@ -184,39 +198,59 @@ def cmd_failed(cfg: Config, args: argparse.Namespace) -> int:
             f"[{i}] {entry.get('failed_at', '?')} queue={entry.get('queue', '?')} "
             f"worker={entry.get('worker', '?')}"
         )
-        print(f"    {entry.get('exception', '?')}: {entry.get('error', '?')}")
+        print(f"    {entry.get('exception', '?')}: {str(entry.get('error', '?'))[:2000]}")
     return EXIT_OK
 
 
 def cmd_retry(cfg: Config, args: argparse.Namespace) -> int:
+    from travis_worker.payload import PayloadError
+
     try:
         count = _queue(cfg).retry(None if args.all else args.index)
     except IndexError as exc:
         print(f"travis-worker: {exc}; see `travis-worker failed`", file=sys.stderr)
         return EXIT_NOT_FOUND
+    except PayloadError as exc:
+        print(f"travis-worker: {exc}; left in the failed list", file=sys.stderr)
+        return EXIT_DATA
     print(f"requeued {count} job(s)")
     return EXIT_OK
 
 
 def cmd_enqueue(cfg: Config, args: argparse.Namespace) -> int:
-    from travis_worker.payload import PayloadError, parse_job
+    from travis_worker.payload import PayloadError, decode_json, job_of, make_envelope
 
+    limit = cfg["limits.payload_size"]
     try:
-        text = sys.stdin.read() if args.file == "-" else open(args.file).read()  # noqa: SIM115
+        if args.file == "-":
+            stdin = getattr(sys.stdin, "buffer", None)  # bytes: invalid UTF-8 is reported, not a crash
+            data = stdin.read(limit + 1) if stdin else sys.stdin.read(limit + 1).encode("utf-8", "replace")
+        else:
+            with open(args.file, "rb") as handle:
+                data = handle.read(limit + 1)
     except OSError as exc:
         print(f"travis-worker: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
         return EXIT_ERROR
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        print(f"travis-worker: {args.file}: not JSON: {exc}", file=sys.stderr)
+    if len(data) > limit:
+        print(
+            f"travis-worker: {args.file}: payload: more than {limit} bytes (limits.payload_size)",
+            file=sys.stderr,
+        )
         return EXIT_DATA
-    if isinstance(data, dict) and "class" not in data and "args" not in data:
-        data = {"class": DEFAULT_CLASS, "args": [data]}  # a bare payload
-    raw = json.dumps(data)
+    try:
+        value = decode_json(data, limit)  # whatever the bytes or the depth: PayloadError, never a crash
+    except PayloadError as exc:
+        print(f"travis-worker: {args.file}: {exc}", file=sys.stderr)
+        return EXIT_DATA
+    if isinstance(value, dict) and "class" not in value and "args" not in value:
+        value = {"class": DEFAULT_CLASS, "args": [value]}  # a bare payload
+    raw = json.dumps(value, ensure_ascii=False)
+    if len(raw.encode("utf-8")) > limit:
+        print(f"travis-worker: {args.file}: payload: more than {limit} bytes once wrapped", file=sys.stderr)
+        return EXIT_DATA
     if not args.no_validate:
         try:
-            parse_job(raw)
+            job_of(make_envelope(raw, value))
         except PayloadError as exc:
             print(f"travis-worker: {args.file}: {exc} (--no-validate pushes it anyway)", file=sys.stderr)
             return EXIT_DATA

@@ -38,6 +38,8 @@ SCHEMA: dict[str, tuple[tuple[type, ...], Any]] = {
     "timeouts.hard_limit": (NUMBER, 3000),
     "timeouts.log_silence": (NUMBER, 600),
     "limits.log_length": ((int,), 4 * MIB),
+    "limits.payload_size": ((int,), 1 * MIB),
+    "build_root": ((str,), None),  # local executor: None = <TMPDIR>/travis-worker-builds
     "shutdown_timeout": (NUMBER, 3600),
     "max_attempts": ((int,), 3),
     "heartbeat_interval": (NUMBER, 10),
@@ -49,6 +51,7 @@ POSITIVE = (
     "timeouts.hard_limit",
     "timeouts.log_silence",
     "limits.log_length",
+    "limits.payload_size",
     "shutdown_timeout",
     "max_attempts",
     "heartbeat_interval",

@@ -237,12 +237,14 @@ def stream_process(
     return result_for_exit(proc.returncode)
 
 
-def make_executor(provider: str, *, project_dir: Optional[str], vm_name: Optional[str]) -> Executor:
-    """An executor for ``vms.provider``: ``local``, ``virtualbox`` or ``lxc``."""
+def make_executor(
+    provider: str, *, project_dir: Optional[str], vm_name: Optional[str], build_root: Optional[str] = None
+) -> Executor:
+    """An executor for ``vms.provider``: ``local`` (builds in ``build_root``), ``virtualbox`` or ``lxc``."""
     if provider == "local":
         from .executor_local import LocalExecutor
 
-        return LocalExecutor()
+        return LocalExecutor(work_root=build_root)
     if provider in ("virtualbox", "lxc"):
         if not project_dir or not vm_name:
             raise ValueError(

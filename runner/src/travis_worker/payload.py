@@ -43,6 +43,8 @@ _URL_RE = re.compile(
 )
 _MAX_URL = 2048
 _MAX_COMMAND = 64 * 1024
+DEFAULT_MAX_PAYLOAD = 1024 * 1024  # bytes; worker.yml limits.payload_size
+MAX_DEPTH = 100  # JSON nesting levels (Ruby's JSON.parse default max_nesting, so Resque reads what we accept)
 
 
 class PayloadError(ValueError):
@@ -99,6 +101,12 @@ def _positive_int(value: Any, path: str) -> int:
 def _string(value: Any, path: str) -> str:
     if not isinstance(value, str):
         raise PayloadError(f"{path}: expected a string, got {_type_name(value)} {_show(value)}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate, e.g. from a "\\udc80" escape
+        raise PayloadError(
+            f"{path}: not valid UTF-8 text (lone surrogate at character {exc.start})"
+        ) from None
     return value
 
 
@@ -256,24 +264,122 @@ def _reject_constant(name: str) -> Any:
     raise PayloadError(f"payload: {name} is not valid JSON")
 
 
-def _decode(raw: Union[bytes, str]) -> Any:
-    if isinstance(raw, (bytes, bytearray)):
+def _too_deep(value: Any, limit: int) -> bool:
+    """True if ``value`` nests lists/objects more than ``limit`` levels (iterative: no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
+def _too_large(size: int, max_bytes: int) -> PayloadError:
+    return PayloadError(
+        f"payload: {size} bytes, more than the limit of {max_bytes} bytes (limits.payload_size)"
+    )
+
+
+def decode_json(raw: Union[bytes, str], max_bytes: int = DEFAULT_MAX_PAYLOAD) -> Any:
+    """Untrusted bytes (or a str read with ``surrogateescape``) -> JSON value; anything else: PayloadError."""
+    if isinstance(raw, str):
+        if raw.isascii() and len(raw) > max_bytes:  # isascii is O(1) in CPython: no copy of a huge job
+            raise _too_large(len(raw), max_bytes)
         try:
-            raw = bytes(raw).decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise PayloadError(f"payload: not UTF-8 ({exc.reason} at byte {exc.start})") from None
-    if not isinstance(raw, str):
+            raw = raw.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError as exc:
+            raise PayloadError(f"payload: not UTF-8 (lone surrogate at character {exc.start})") from None
+    if not isinstance(raw, (bytes, bytearray)):
         raise PayloadError(f"payload: expected JSON text, got {_type_name(raw)}")
+    if len(raw) > max_bytes:
+        raise _too_large(len(raw), max_bytes)
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
+        text = bytes(raw).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PayloadError(f"payload: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
         raise PayloadError(f"payload: not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except PayloadError:
         raise
     except RecursionError:
-        raise PayloadError("payload: JSON nested too deeply") from None
-    except ValueError as exc:  # e.g. an integer with too many digits
+        raise PayloadError(f"payload: JSON nested deeper than {MAX_DEPTH} levels") from None
+    except Exception as exc:  # e.g. an integer with too many digits; nothing may escape as a crash
         raise PayloadError(f"payload: not acceptable JSON: {exc}") from None
+    if _too_deep(value, MAX_DEPTH):
+        raise PayloadError(f"payload: JSON nested deeper than {MAX_DEPTH} levels")
+    return value
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """One job as it came from Redis, decoded once at the boundary.
+
+    ``raw`` is the exact string in Redis (what LPOS/LREM match), ``data`` the decoded resque envelope
+    ``{"class", "args", ["attempts"]}`` or None, ``error`` the :class:`PayloadError` text when it is not one.
+    """
+
+    raw: str
+    data: Optional[dict] = None
+    error: Optional[str] = None
+
+    @property
+    def attempts(self) -> int:
+        value = self.data.get("attempts", 0) if self.data is not None else 0
+        return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+    @property
+    def job_class(self) -> Optional[str]:
+        return self.data["class"] if self.data is not None else None
+
+    @property
+    def stored(self) -> Any:
+        """What failure records and ``<ns>:worker:<id>`` show: the decoded envelope, else the raw text."""
+        return self.data if self.data is not None else self.raw
+
+    def with_attempts(self, attempts: int) -> Optional[str]:
+        """The envelope with ``attempts`` set (Resque ignores unknown envelope keys); None if undecodable."""
+        if self.data is None:
+            return None
+        return json.dumps({**self.data, "attempts": attempts}, separators=(",", ":"))
+
+    def without_attempts(self) -> str:
+        """The envelope as the producer pushed it (``retry`` starts the count again)."""
+        if self.data is None or "attempts" not in self.data:
+            return self.raw
+        return json.dumps({k: v for k, v in self.data.items() if k != "attempts"})
+
+
+def make_envelope(raw: str, data: Any) -> Envelope:
+    """The :class:`Envelope` of ``raw`` given its decoded value (``data`` kept only if it is a resque job)."""
+    error = None
+    if not isinstance(data, dict):
+        error = f"payload: expected a resque job object, got {_type_name(data)}"
+    elif not isinstance(data.get("class"), str) or not data["class"]:
+        error = f"class: expected a non-empty string, got {_show(data.get('class'))}"
+    elif not isinstance(data.get("args"), list) or not data["args"]:
+        error = f"args: expected a non-empty list [payload], got {_show(data.get('args'))}"
+    return Envelope(raw, data if error is None else None, error)
+
+
+def read_envelope(raw: Union[bytes, str], max_bytes: int = DEFAULT_MAX_PAYLOAD) -> Envelope:
+    """Decode one job taken from Redis. Never raises: whatever the bytes, depth or size, a failure is
+    returned as ``Envelope.error`` (which sends the job to ``failed`` with that reason)."""
+    text = raw.decode("utf-8", "surrogateescape") if isinstance(raw, (bytes, bytearray)) else raw
+    try:
+        return make_envelope(text, decode_json(raw, max_bytes))
+    except PayloadError as exc:
+        return Envelope(text, None, str(exc))
+    except Exception as exc:  # a decoder bug must not kill a worker or its reaper either
+        return Envelope(text, None, f"payload: cannot be decoded: {exc!r}")
 
 
 def parse_payload(payload: Any) -> Job:
@@ -318,14 +424,13 @@ def parse_payload(payload: Any) -> Job:
     )
 
 
-def parse_job(raw: Union[bytes, str]) -> Job:
+def job_of(envelope: Envelope) -> Job:
+    """The validated :class:`Job` of a decoded envelope; raise :class:`PayloadError`."""
+    if envelope.error is not None or envelope.data is None:
+        raise PayloadError(envelope.error or "payload: not a resque job")
+    return parse_payload(envelope.data["args"][0])
+
+
+def parse_job(raw: Union[bytes, str], max_bytes: int = DEFAULT_MAX_PAYLOAD) -> Job:
     """Parse a resque job ``{"class": str, "args": [payload, ...]}``; raise :class:`PayloadError`."""
-    envelope = _decode(raw)
-    if not isinstance(envelope, dict):
-        raise PayloadError(f"payload: expected a resque job object, got {_type_name(envelope)}")
-    if not isinstance(envelope.get("class"), str) or not envelope["class"]:
-        raise PayloadError(f"class: expected a non-empty string, got {_show(envelope.get('class'))}")
-    args = envelope.get("args")
-    if not isinstance(args, list) or not args:
-        raise PayloadError(f"args: expected a non-empty list [payload], got {_show(args)}")
-    return parse_payload(args[0])
+    return job_of(read_envelope(raw, max_bytes))

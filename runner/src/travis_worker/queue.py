@@ -13,6 +13,7 @@ from typing import Any
 import redis
 
 from travis_worker.keys import Keys
+from travis_worker.payload import DEFAULT_MAX_PAYLOAD, Envelope, PayloadError, read_envelope
 
 log = logging.getLogger(__name__)
 REAP_RETRIES = 20
@@ -67,46 +68,34 @@ def queue_of(worker_id: str) -> str:
     return worker_id.split(":", 2)[-1].split(",")[0]
 
 
-def decode_envelope(raw: str) -> dict[str, Any] | None:
-    try:
-        data = json.loads(raw)
-    except (ValueError, TypeError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def attempts_of(raw: str) -> int:
-    data = decode_envelope(raw)
-    value = data.get("attempts", 0) if data else 0
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    """The attempt count of a raw job (tests and tools; the worker reads ``Envelope.attempts``)."""
+    return read_envelope(raw).attempts
 
 
-def with_attempts(raw: str, attempts: int) -> str | None:
-    """The envelope with its `attempts` field set (resque ignores unknown envelope keys); None if not JSON."""
-    data = decode_envelope(raw)
-    if data is None:
+def loads_safely(text: str | None) -> Any:
+    """JSON from Redis that anyone may have written: the value, or None if it cannot be decoded."""
+    if text is None:
         return None
-    data["attempts"] = attempts
-    return json.dumps(data, separators=(",", ":"))
-
-
-def strip_attempts(raw: str) -> str:
-    """The envelope as the producer pushed it (what the payload parser sees)."""
-    data = decode_envelope(raw)
-    if data is None or "attempts" not in data:
-        return raw
-    data.pop("attempts")
-    return json.dumps(data)
+    try:
+        return json.loads(text)
+    except Exception:  # ValueError, RecursionError (deep nesting), ...: never let it kill a caller
+        return None
 
 
 def failure_record(
-    raw: str, *, exception: str, error: str, worker_id: str, queue: str, backtrace: Sequence[str] = ()
+    envelope: Envelope,
+    *,
+    exception: str,
+    error: str,
+    worker_id: str,
+    queue: str,
+    backtrace: Sequence[str] = (),
 ) -> str:
-    payload: Any = decode_envelope(raw)
     return json.dumps(
         {
             "failed_at": resque_time(),
-            "payload": payload if payload is not None else raw,
+            "payload": envelope.stored,
             "exception": exception,
             "error": error,
             "backtrace": list(backtrace),
@@ -119,12 +108,21 @@ def failure_record(
 class Queue:
     """All queue state transitions of one worker. Every multi-key change is one MULTI/EXEC."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, queue: str, worker_id: str, max_attempts: int = 3):
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        queue: str,
+        worker_id: str,
+        max_attempts: int = 3,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+    ):
         self.r = client
         self.keys = keys
         self.queue = queue
         self.worker_id = worker_id
         self.max_attempts = max_attempts
+        self.max_payload = max_payload
         self._finish_script = client.register_script(FINISH_LUA)
 
     # -- producer side -------------------------------------------------------------------------------
@@ -179,20 +177,25 @@ class Queue:
         return self.r.hexists(self.keys.heartbeat, self.worker_id)
 
     # -- taking jobs ---------------------------------------------------------------------------------
-    def take(self, timeout: float) -> str | None:
+    def envelope(self, raw: str) -> Envelope:
+        """Decode a job read from Redis once; never raises (a bad job carries ``error``)."""
+        return read_envelope(raw, self.max_payload)
+
+    def take(self, timeout: float) -> Envelope | None:
         """The next job: first anything already in our processing list (e.g. a BLMOVE whose reply was lost
         when the connection broke), else a blocking atomic move from the queue head."""
         processing = self.keys.processing(self.worker_id)
-        held = self.r.lindex(processing, 0)
-        if held is not None:
-            return held
-        return self.r.blmove(self.keys.queue(self.queue), processing, timeout, "LEFT", "RIGHT")
+        raw = self.r.lindex(processing, 0)
+        if raw is None:
+            raw = self.r.blmove(self.keys.queue(self.queue), processing, timeout, "LEFT", "RIGHT")
+        return None if raw is None else self.envelope(raw)
 
-    def give_back(self, raw: str, *, count_attempt: bool, reason: str) -> str:
+    def give_back(self, envelope: Envelope, *, count_attempt: bool, reason: str) -> str:
         """Put a taken job back at the head of the queue (or into failed once max_attempts is reached).
 
         Returns "requeued", "failed", or "gone" if the job was no longer ours (a reaper requeued it)."""
-        attempts = attempts_of(raw) + (1 if count_attempt else 0)
+        raw = envelope.raw
+        attempts = envelope.attempts + (1 if count_attempt else 0)
         processing = self.keys.processing(self.worker_id)
         while True:
             with self.r.pipeline(transaction=True) as pipe:
@@ -203,7 +206,9 @@ class Queue:
                         return "gone"
                     pipe.multi()
                     pipe.lrem(processing, 1, raw)
-                    outcome = self._requeue_or_fail(pipe, raw, attempts, reason, self.worker_id, self.queue)
+                    outcome = self._requeue_or_fail(
+                        pipe, envelope, attempts, reason, self.worker_id, self.queue
+                    )
                     pipe.delete(self.keys.worker(self.worker_id))
                     pipe.execute()
                     return outcome
@@ -211,18 +216,17 @@ class Queue:
                     continue
 
     def _requeue_or_fail(
-        self, pipe: Any, raw: str, attempts: int, reason: str, worker_id: str, queue: str
+        self, pipe: Any, envelope: Envelope, attempts: int, reason: str, worker_id: str, queue: str
     ) -> str:
-        bumped = with_attempts(raw, attempts)
+        bumped = None if envelope.error is not None else envelope.with_attempts(attempts)
         if bumped is None or attempts >= self.max_attempts:
-            error = reason if bumped is not None else f"{reason}; payload is not a JSON object"
+            exception, error = "PayloadError", f"{envelope.error} ({reason})"
             if bumped is not None:
+                exception = "MaxAttemptsExceeded"
                 error = f"{reason}; gave up after {attempts} of max_attempts={self.max_attempts}"
             pipe.rpush(
                 self.keys.failed,
-                failure_record(
-                    raw, exception="MaxAttemptsExceeded", error=error, worker_id=worker_id, queue=queue
-                ),
+                failure_record(envelope, exception=exception, error=error, worker_id=worker_id, queue=queue),
             )
             pipe.incr(self.keys.stat("failed"))
             return "failed"
@@ -230,13 +234,15 @@ class Queue:
         pipe.lpush(self.keys.queue(queue), bumped)
         return "requeued"
 
-    def start(self, raw: str, run_at: str) -> None:
+    def start(self, envelope: Envelope, run_at: str) -> None:
         self.r.set(
             self.keys.worker(self.worker_id),
-            json.dumps({"queue": self.queue, "run_at": run_at, "payload": decode_envelope(raw) or raw}),
+            json.dumps({"queue": self.queue, "run_at": run_at, "payload": envelope.stored}),
         )
 
-    def finish(self, raw: str, outbox_entries: Iterable[str] = (), notify: str | None = None) -> bool:
+    def finish(
+        self, envelope: Envelope, outbox_entries: Iterable[str] = (), notify: str | None = None
+    ) -> bool:
         """The job is done: its last reports enter the outbox and the job leaves processing, atomically
         (one Lua script, one round trip). `notify`: a list that gets the completion time (no-op jobs).
 
@@ -251,15 +257,15 @@ class Queue:
         ]
         if notify is not None:
             keys.append(notify)
-        return bool(self._finish_script(keys=keys, args=[raw, repr(time.time()), *outbox_entries]))
+        return bool(self._finish_script(keys=keys, args=[envelope.raw, repr(time.time()), *outbox_entries]))
 
-    def fail(self, raw: str, *, exception: str, error: str, backtrace: Sequence[str] = ()) -> None:
+    def fail(self, envelope: Envelope, *, exception: str, error: str, backtrace: Sequence[str] = ()) -> None:
         """Straight to resque's failed list (bad payload): no retry can fix it."""
         pipe = self.r.pipeline(transaction=True)
         pipe.rpush(
             self.keys.failed,
             failure_record(
-                raw,
+                envelope,
                 exception=exception,
                 error=error,
                 worker_id=self.worker_id,
@@ -267,7 +273,7 @@ class Queue:
                 backtrace=backtrace,
             ),
         )
-        pipe.lrem(self.keys.processing(self.worker_id), 1, raw)
+        pipe.lrem(self.keys.processing(self.worker_id), 1, envelope.raw)
         pipe.incr(self.keys.stat("failed"))
         pipe.incr(self.keys.stat("failed", self.worker_id))
         pipe.incr(self.keys.stat("processed"))
@@ -322,17 +328,17 @@ class Queue:
                     state = pipe.hget(self.keys.worker_state, worker_id)
                     vm = None
                     if state:
-                        try:
-                            vm = json.loads(state).get("vm")
-                        except (ValueError, AttributeError):
-                            vm = None
+                        doc = loads_safely(state)
+                        vm = doc.get("vm") if isinstance(doc, dict) else None
+                        vm = vm if isinstance(vm, str) else None
                     vm_owner = pipe.hget(self.keys.vm_state, vm) if vm else None
                     pipe.multi()
                     outcomes = []
                     for raw in reversed(jobs):  # LPUSH in reverse keeps their order at the head
                         reason = f"worker {worker_id} died (heartbeat expired) while running the job"
+                        job = self.envelope(raw)
                         outcomes.append(
-                            self._requeue_or_fail(pipe, raw, attempts_of(raw) + 1, reason, worker_id, queue)
+                            self._requeue_or_fail(pipe, job, job.attempts + 1, reason, worker_id, queue)
                         )
                     if reports:
                         pipe.rpush(self.keys.outbox(self.worker_id), *reports)
@@ -359,14 +365,16 @@ class Queue:
     def failed(self) -> list[dict[str, Any]]:
         out = []
         for raw in self.r.lrange(self.keys.failed, 0, -1):
-            try:
-                out.append(json.loads(raw))
-            except ValueError:
-                out.append({"error": "unreadable failed entry", "payload": raw})
+            entry = loads_safely(raw)
+            out.append(
+                entry if isinstance(entry, dict) else {"error": "unreadable failed entry", "payload": raw}
+            )
         return out
 
     def retry(self, index: int | None) -> int:
-        """Requeue failed entry `index` (or all with None) with a fresh attempt count; returns how many."""
+        """Requeue failed entry `index` (or all with None) with a fresh attempt count; returns how many.
+
+        An entry that is not a readable failure record stays in the list (with `index`: PayloadError)."""
         count = 0
         while True:
             with self.r.pipeline(transaction=True) as pipe:
@@ -378,14 +386,28 @@ class Queue:
                         raise IndexError(f"no failed job with index {index} (there are {len(entries)})")
                     pipe.multi()
                     for i in chosen:
-                        entry = json.loads(entries[i])
-                        payload = entry.get("payload")
-                        raw = payload if isinstance(payload, str) else json.dumps(payload)
-                        data = decode_envelope(raw)
-                        if data is not None:
-                            data.pop("attempts", None)
-                            raw = json.dumps(data)
-                        queue = entry.get("queue") or self.queue
+                        entry = loads_safely(entries[i])
+                        payload = entry.get("payload") if isinstance(entry, dict) else None
+                        if payload is None:
+                            if index is not None:
+                                raise PayloadError(
+                                    f"failed entry {i} is unreadable (no JSON record with a payload)"
+                                )
+                            log.warning("failed entry %d is unreadable; left in the failed list", i)
+                            continue
+                        try:  # the record is decoded already: drop the attempt count, no second decode
+                            if isinstance(payload, str):
+                                raw = self.envelope(payload).without_attempts()
+                            elif isinstance(payload, dict):
+                                raw = json.dumps({k: v for k, v in payload.items() if k != "attempts"})
+                            else:
+                                raw = json.dumps(payload)
+                        except Exception as exc:  # e.g. nested too deep to encode
+                            raise PayloadError(
+                                f"failed entry {i}: payload cannot be encoded: {exc!r}"
+                            ) from None
+                        queue = entry.get("queue")
+                        queue = queue if isinstance(queue, str) and queue else self.queue
                         pipe.sadd(self.keys.queues, queue)
                         pipe.rpush(self.keys.queue(queue), raw)
                         pipe.lset(self.keys.failed, i, "__travis_worker_retried__")
@@ -399,7 +421,6 @@ class Queue:
 
 
 def _owner_of(state_json: str) -> str | None:
-    try:
-        return json.loads(state_json).get("worker")
-    except (ValueError, AttributeError):
-        return None
+    doc = loads_safely(state_json)
+    owner = doc.get("worker") if isinstance(doc, dict) else None
+    return owner if isinstance(owner, str) else None

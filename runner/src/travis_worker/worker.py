@@ -15,8 +15,8 @@ import redis
 from travis_worker.config import Config
 from travis_worker.executor import Executor, Limits, SandboxError, make_executor
 from travis_worker.keys import Keys
-from travis_worker.payload import Job, PayloadError, parse_job
-from travis_worker.queue import Queue, decode_envelope, make_worker_id, now_iso, strip_attempts
+from travis_worker.payload import Envelope, Job, PayloadError, job_of
+from travis_worker.queue import Queue, loads_safely, make_worker_id, now_iso
 from travis_worker.reporter import (
     BACKOFF_MAX,
     BACKOFF_START,
@@ -63,9 +63,14 @@ class Worker:
         self.r = connect(cfg["redis.url"])
         self.id = worker_id or make_worker_id(cfg["queue"])
         self.vm: str | None = cfg["vm"]
-        self.queue = Queue(self.r, self.keys, cfg["queue"], self.id, cfg["max_attempts"])
+        self.queue = Queue(
+            self.r, self.keys, cfg["queue"], self.id, cfg["max_attempts"], cfg["limits.payload_size"]
+        )
         self.executor = executor or make_executor(
-            cfg["vms.provider"], project_dir=cfg["vms.project_dir"], vm_name=self.vm
+            cfg["vms.provider"],
+            project_dir=cfg["vms.project_dir"],
+            vm_name=self.vm,
+            build_root=cfg["build_root"],
         )
         self.sender = Sender(self.r, self.keys, self.id, make_transport(cfg, self.keys))
         self.interval = float(cfg["heartbeat_interval"])
@@ -84,6 +89,7 @@ class Worker:
         self._shutdown_timer: threading.Timer | None = None
         self._sigint_count = 0
         self._state_lock = threading.Lock()
+        self.thread_failure: str | None = None  # set when a background thread died: the worker stops, exit 1
 
     # -- state in Redis ------------------------------------------------------------------------------
     def set_state(self, state: str) -> None:
@@ -202,10 +208,9 @@ class Worker:
                     pubsub.close()
 
     def _on_command(self, data: str) -> None:
-        try:
-            command = json.loads(data)
-        except ValueError:
-            log.warning("ignoring command that is not JSON: %.200r", data)
+        command = loads_safely(data)
+        if command is None:
+            log.warning("ignoring command that is not readable JSON: %.200r", data)
             return
         if not isinstance(command, dict) or command.get("type") != "cancel_job":
             return
@@ -223,9 +228,10 @@ class Worker:
             self.reap()
         except redis.RedisError as exc:
             log.warning("start-up reap skipped: %s", exc)
+        self._remove_stale_builds()
         threads = [
-            threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True),
-            threading.Thread(target=self._commands_loop, name="commands", daemon=True),
+            self._supervised("heartbeat", self._heartbeat_loop),
+            self._supervised("commands", self._commands_loop),
         ]
         self.sender.start()
         for thread in threads:
@@ -234,7 +240,45 @@ class Worker:
             self._loop()
         finally:
             self._shutdown(threads)
-        return 0
+        return 1 if self.thread_failure else 0
+
+    def _remove_stale_builds(self) -> None:
+        remove = getattr(self.executor, "remove_stale_builds", None)
+        if remove is None:
+            return
+        try:
+            removed = remove()
+        except OSError as exc:
+            log.warning("could not look for build directories of dead workers: %s", exc)
+            return
+        if removed:
+            log.info(
+                "removed the build directories of %d dead worker(s): %s", len(removed), ", ".join(removed)
+            )
+
+    def _supervised(self, name: str, target: Any) -> threading.Thread:
+        """A daemon thread that stops the worker if it ever ends unexpectedly: a worker whose heartbeat or
+        command thread is gone only looks alive, so it requeues its job and exits 1 for systemd to restart."""
+
+        def run() -> None:
+            try:
+                target()
+            except Exception as exc:
+                log.debug("the %s thread raised", name, exc_info=True)
+                self._thread_died(name, repr(exc))
+                return
+            if not self.threads_stop.is_set():
+                self._thread_died(name, "it returned")
+
+        return threading.Thread(target=run, name=name, daemon=True)
+
+    def _thread_died(self, name: str, why: str) -> None:
+        self.thread_failure = f"the {name} thread died ({why})"
+        log.critical(
+            "%s; stopping this worker (a job in progress is requeued)", self.thread_failure, exc_info=True
+        )
+        self.stop_mode = "immediate"
+        self._abort_current(f"{self.thread_failure}; the worker stopped")
 
     def _loop(self) -> None:
         backoff = BACKOFF_START
@@ -247,7 +291,7 @@ class Worker:
             if self.state != "idle":
                 self.set_state("idle")
             try:
-                raw = self._take()
+                taken = self._take()
                 backoff = BACKOFF_START
             except redis.RedisError as exc:
                 log.warning(
@@ -257,31 +301,36 @@ class Worker:
                 time.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
                 continue
-            if raw is None:
+            if taken is None:
                 continue
             if self.stop_mode is not None or self.paused.is_set():
                 push_with_retry(
-                    lambda raw=raw: self.queue.give_back(raw, count_attempt=False, reason="worker stopping"),
+                    lambda taken=taken: self.queue.give_back(
+                        taken, count_attempt=False, reason="worker stopping"
+                    ),
                     "giving a job back",
                 )
                 continue
-            self.handle(raw)
+            self.handle(taken)
 
-    def _take(self) -> str | None:
+    def _take(self) -> Envelope | None:
+        """The next job, decoded once (a job that cannot be decoded carries its reason in ``error``)."""
+        raw = None
         if self._check_held:
-            held = self.r.lindex(self.keys.processing(self.id), 0)
+            raw = self.r.lindex(self.keys.processing(self.id), 0)
             self._check_held = False
-            if held is not None:
-                return held
-        return self.r.blmove(self.keys.queue(self.cfg["queue"]), self.keys.processing(self.id), TAKE_TIMEOUT)
+        if raw is None:
+            raw = self.r.blmove(
+                self.keys.queue(self.cfg["queue"]), self.keys.processing(self.id), TAKE_TIMEOUT
+            )
+        return None if raw is None else self.queue.envelope(raw)
 
-    def handle(self, raw: str) -> None:
-        envelope = decode_envelope(raw)
-        if self.noop_class and envelope and envelope.get("class") == self.noop_class:
-            self._handle_noop(raw, envelope)
+    def handle(self, envelope: Envelope) -> None:
+        if self.noop_class and envelope.job_class == self.noop_class:
+            self._handle_noop(envelope)
             return
         try:
-            job = parse_job(strip_attempts(raw))
+            job = job_of(envelope)
         except Exception as exc:  # PayloadError, or a parser bug: either way this payload cannot run
             exception = "PayloadError" if isinstance(exc, PayloadError) else exc.__class__.__name__
             reason = str(exc) if isinstance(exc, PayloadError) else f"payload parser failed: {exc!r}"
@@ -289,20 +338,20 @@ class Worker:
                 log.exception("the payload parser crashed")
             log.warning("bad payload sent to failed: %s", reason)
             push_with_retry(
-                lambda: self.queue.fail(raw, exception=exception, error=reason),
+                lambda: self.queue.fail(envelope, exception=exception, error=reason),
                 "recording a bad payload",
             )
             return
-        self._run_job(raw, job)
+        self._run_job(envelope, job)
 
-    def _handle_noop(self, raw: str, envelope: dict[str, Any]) -> None:
+    def _handle_noop(self, envelope: Envelope) -> None:
         """`noop_class` jobs (benchmarks, smoke tests): the same take/finish path, no build, no reports."""
-        args = envelope.get("args")
-        first = args[0] if isinstance(args, list) and args and isinstance(args[0], dict) else {}
+        args = envelope.data["args"] if envelope.data is not None else []
+        first = args[0] if args and isinstance(args[0], dict) else {}
         notify = first.get("notify") if isinstance(first.get("notify"), str) else None
-        push_with_retry(lambda: self.queue.finish(raw, notify=notify), "finishing a no-op job")
+        push_with_retry(lambda: self.queue.finish(envelope, notify=notify), "finishing a no-op job")
 
-    def _run_job(self, raw: str, job: Job) -> None:
+    def _run_job(self, envelope: Envelope, job: Job) -> None:
         self.current_job = job.id
         self.cancel.clear()
         self.abort_reason = None
@@ -310,7 +359,7 @@ class Worker:
             self._start_shutdown_timer()
         outbox = self.keys.outbox(self.id)
         try:
-            push_with_retry(lambda: self.queue.start(raw, now_iso()), "marking the job as running")
+            push_with_retry(lambda: self.queue.start(envelope, now_iso()), "marking the job as running")
             self.set_state("working")
             received = state_entry(job.id, "received", self.id)
             push_with_retry(lambda: self.r.rpush(outbox, received), "queueing the received report")
@@ -318,7 +367,7 @@ class Worker:
             try:
                 self.executor.prepare()
             except SandboxError as exc:
-                self._sandbox_failed(raw, job, exc)
+                self._sandbox_failed(envelope, job, exc)
                 return
             started = state_entry(job.id, "started", self.id)
             push_with_retry(lambda: self.r.rpush(outbox, started), "queueing the started report")
@@ -330,12 +379,12 @@ class Worker:
                 log.warning("job %s stopped and requeued: %s", job.id, self.abort_reason)
                 reason = self.abort_reason
                 push_with_retry(
-                    lambda: self.queue.give_back(raw, count_attempt=False, reason=reason),
+                    lambda: self.queue.give_back(envelope, count_attempt=False, reason=reason),
                     "requeueing the job",
                 )
                 return
             finished = state_entry(job.id, "finished", self.id, result=result.state, reason=result.reason)
-            self._finish(raw, [final_part, finished])
+            self._finish(envelope, [final_part, finished])
             log.info(
                 "job %s finished: %s%s", job.id, result.state, f" ({result.reason})" if result.reason else ""
             )
@@ -364,11 +413,11 @@ class Worker:
             stream.write(f"\r\nThe worker could not run this job: {exc}\r\n".encode())
             return BuildResult("errored", f"worker error: {exc.__class__.__name__}: {exc}", None)
 
-    def _finish(self, raw: str, entries: list[str]) -> None:
+    def _finish(self, envelope: Envelope, entries: list[str]) -> None:
         backoff = BACKOFF_START
         while True:
             try:
-                if not self.queue.finish(raw, entries):
+                if not self.queue.finish(envelope, entries):
                     log.warning(
                         "job no longer in %s: finished before the connection broke, or reaped while we were "
                         "alive (then its next run reports)",
@@ -380,14 +429,14 @@ class Worker:
                 time.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
 
-    def _sandbox_failed(self, raw: str, job: Job, exc: SandboxError) -> None:
+    def _sandbox_failed(self, envelope: Envelope, job: Job, exc: SandboxError) -> None:
         reason = f"sandbox reset failed: {exc}"
         log.error("job %s: %s; job goes back to the queue, worker is errored", job.id, reason)
         outcome = ""
 
         def give_back() -> None:
             nonlocal outcome
-            outcome = self.queue.give_back(raw, count_attempt=True, reason=reason)
+            outcome = self.queue.give_back(envelope, count_attempt=True, reason=reason)
 
         push_with_retry(give_back, "requeueing after a sandbox failure")
         log.info("job %s %s", job.id, outcome)
