@@ -140,6 +140,7 @@ def test_concurrent_reapers_requeue_each_job_once(client: redis.Redis) -> None:
         client.rpush(f"resque:travis:outbox:{wid}", f"report-{d}")
         client.hset("resque:workers:heartbeat", wid, now_iso(0))
         client.sadd("resque:workers", wid)
+        client.sadd("resque:travis:workers", wid)  # ours: registered by one of our workers
     reapers = [
         make(redis.Redis(connection_pool=client.connection_pool), f"live:{i}:builds") for i in range(8)
     ]

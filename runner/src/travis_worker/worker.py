@@ -16,7 +16,14 @@ from travis_worker.config import Config
 from travis_worker.executor import Executor, Limits, SandboxError, make_executor
 from travis_worker.keys import Keys
 from travis_worker.payload import Job, PayloadError, parse_job
-from travis_worker.queue import Queue, decode_envelope, make_worker_id, now_iso, strip_attempts
+from travis_worker.queue import (
+    Queue,
+    decode_envelope,
+    make_worker_id,
+    now_iso,
+    server_time,
+    strip_attempts,
+)
 from travis_worker.reporter import (
     BACKOFF_MAX,
     BACKOFF_START,
@@ -28,7 +35,7 @@ from travis_worker.reporter import (
     push_with_retry,
     state_entry,
 )
-from travis_worker.script import build_script
+from travis_worker.script import build_script, secure_values
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +87,7 @@ class Worker:
         self.current_job: int | None = None
         self.state = "idle"
         self.state_since = now_iso()
+        self.last_beat: float | None = None  # Redis time of our last heartbeat (in worker_state as "beat")
         self._check_held = True
         self._shutdown_timer: threading.Timer | None = None
         self._sigint_count = 0
@@ -98,7 +106,8 @@ class Worker:
     def _write_state(self, pipe: Any = None) -> None:
         doc = {"state": self.state, "job_id": self.current_job, "vm": self.vm, "since": self.state_since}
         own = pipe or self.r.pipeline(transaction=True)
-        own.hset(self.keys.worker_state, self.id, json.dumps({**doc, "heartbeat_interval": self.interval}))
+        extra = {"heartbeat_interval": self.interval, "beat": self.last_beat}
+        own.hset(self.keys.worker_state, self.id, json.dumps({**doc, **extra}))
         if self.vm:
             own.hset(self.keys.vm_state, self.vm, json.dumps({**doc, "worker": self.id}))
         if pipe is None:
@@ -156,14 +165,25 @@ class Worker:
         while True:
             try:
                 with self._state_lock:
+                    self.last_beat = server_time(self.r)
                     pipe = self.r.pipeline(transaction=True)
-                    pipe.hset(self.keys.heartbeat, self.id, now_iso())
+                    pipe.hset(self.keys.heartbeat, self.id, now_iso(self.last_beat))
                     pipe.sadd(self.keys.workers, self.id)
+                    pipe.sadd(self.keys.ours, self.id)
                     self._write_state(pipe)
-                    created = pipe.execute()[0]
-                if created and beats > 0:
+                    created, _, _, state_created = pipe.execute()[:4]
+                if created and beats > 0 and state_created:
                     log.error("this worker had been reaped as dead (heartbeat too old); registered again")
                     self._abort_current("this worker was reaped as dead; the job was requeued by the reaper")
+                elif created and beats > 0:
+                    # Only our heartbeat field was removed, not our state: a foreign Resque's
+                    # prune_dead_workers (it does not know our pid). We keep our job and restore what it deleted.
+                    dropped = self.queue.restore_registration()
+                    log.warning(
+                        "registration removed by another Resque worker's prune; restored (false failure entries "
+                        "removed: %d)",
+                        dropped,
+                    )
                 if connected_since is None:
                     connected_since = time.monotonic()
                 beats += 1
@@ -311,8 +331,15 @@ class Worker:
         outbox = self.keys.outbox(self.id)
         try:
             push_with_retry(lambda: self.queue.start(raw, now_iso()), "marking the job as running")
+            attempt = 0
+
+            def begin() -> None:
+                nonlocal attempt
+                attempt = self.queue.begin_attempt(job.id)
+
+            push_with_retry(begin, "numbering the attempt")
             self.set_state("working")
-            received = state_entry(job.id, "received", self.id)
+            received = state_entry(job.id, "received", self.id, attempt)
             push_with_retry(lambda: self.r.rpush(outbox, received), "queueing the received report")
             self.sender.notify()
             try:
@@ -320,10 +347,18 @@ class Worker:
             except SandboxError as exc:
                 self._sandbox_failed(raw, job, exc)
                 return
-            started = state_entry(job.id, "started", self.id)
+            started = state_entry(job.id, "started", self.id, attempt)
             push_with_retry(lambda: self.r.rpush(outbox, started), "queueing the started report")
             self.sender.notify()
-            stream = LogStream(self.r, self.keys, self.id, job.id, self.sender.notify)
+            stream = LogStream(
+                self.r,
+                self.keys,
+                self.id,
+                job.id,
+                self.sender.notify,
+                attempt=attempt,
+                secrets=secure_values(job, self.cfg["git.base_url"]),
+            )
             result = self._execute(job, stream)
             final_part = stream.close()
             if self.abort_reason is not None:
@@ -334,7 +369,9 @@ class Worker:
                     "requeueing the job",
                 )
                 return
-            finished = state_entry(job.id, "finished", self.id, result=result.state, reason=result.reason)
+            finished = state_entry(
+                job.id, "finished", self.id, attempt, result=result.state, reason=result.reason
+            )
             self._finish(raw, [final_part, finished])
             log.info(
                 "job %s finished: %s%s", job.id, result.state, f" ({result.reason})" if result.reason else ""
