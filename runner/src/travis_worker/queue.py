@@ -19,7 +19,7 @@ REAP_RETRIES = 20
 ATTEMPT_TTL = 30 * 86400
 FAILED_LOOKBACK = 100  # how far back restore_registration looks in <ns>:failed
 # What Resque 3.0 (lib/resque/worker.rb, prune_dead_workers/unregister_worker) records for a pruned worker's job
-RESQUE_PRUNE_EXCEPTIONS = ("DirtyExit", "PruneDeadWorkerDirtyExit")
+RESQUE_PRUNE_EXCEPTIONS = ("Resque::DirtyExit", "Resque::PruneDeadWorkerDirtyExit")
 # KEYS: processing, outbox, stat:processed, stat:processed:<id>, worker:<id>[, notify]
 # ARGV: raw job, completion time, outbox entries...
 FINISH_LUA = """
