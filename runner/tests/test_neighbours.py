@@ -194,7 +194,7 @@ def _ruby_resque() -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return "ruby is not installed"
     if probe.returncode != 0:
-        return "the resque gem is not installed (Debian bookworm has no ruby-resque; rubygems.org unreachable)"
+        return "resque gem not installed (Debian bookworm has no ruby-resque; rubygems.org unreachable)"
     return None
 
 

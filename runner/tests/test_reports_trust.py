@@ -1,4 +1,4 @@
-"""Reports an app can trust (issue #10, section 3): attempts, atomic outbox pops, masked URLs, secure env vars.
+"""Reports an app can trust (issue #10, section 3): attempts, atomic pops, masked URLs, secure env vars.
 Real redis-server, real worker processes (local executor, real git), the real ciapp HTTP server."""
 
 from __future__ import annotations
@@ -125,7 +125,8 @@ def test_url_user_info_never_reaches_the_worker_log_or_the_build_log(
     assert "app-s3cret" not in log and "cl0ne-s3cret" not in log
     assert f"http://worker:***@127.0.0.1:{closed}/api/jobs/1" in log
     outbox = " ".join(client.lrange(K.outbox(worker.id), 0, -1))
-    assert "cl0ne-s3cret" not in outbox  # the build log (clone command and git's errors) as queued for the app
+    # the build log (clone command and git's errors) as queued for the app
+    assert "cl0ne-s3cret" not in outbox
     assert "cloner:[secure]@" in outbox
 
 
@@ -136,7 +137,8 @@ def test_secure_env_vars_are_exported_but_never_in_the_build_log(
     script = [
         'echo "values: $CFG_SECRET $REPO_SECRET $REPO_PUBLIC $PLAIN"',
         'test "$CFG_SECRET" = "cfg s3cret value" && test "$REPO_SECRET" = repo-s3cret',
-        'for i in 1 2 3; do printf %s "${REPO_SECRET:0:5}"; sleep 0.3; printf "%s\\n" "${REPO_SECRET:5}"; done',
+        # the value written in two pieces 0.3 s apart (two log parts' worth of time): still masked
+        'for i in 1 2 3; do printf %s "${REPO_SECRET:0:5}"; sleep 0.3; echo "${REPO_SECRET:5}"; done',
     ]
     payload = json.loads(job_json(1, repo, script))
     payload["args"][0]["config"]["env"] = [

@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
 def setup_logging(verbose: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     # every line the runner logs goes through this formatter: URL user info never reaches the log
-    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s[%(threadName)s]: %(message)s"))
+    line = "%(asctime)s %(levelname)s %(name)s[%(threadName)s]: %(message)s"
+    handler.setFormatter(RedactingFormatter(line))
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
 
 
@@ -217,9 +218,8 @@ def cmd_enqueue(cfg: Config, args: argparse.Namespace) -> int:
         try:
             parse_job(raw)
         except PayloadError as exc:
-            print(
-                mask_urls(f"travis-worker: {args.file}: {exc} (--no-validate pushes it anyway)"), file=sys.stderr
-            )
+            message = f"travis-worker: {args.file}: {exc} (--no-validate pushes it anyway)"
+            print(mask_urls(message), file=sys.stderr)
             return EXIT_DATA
     queue = args.queue or cfg["queue"]
     _queue(cfg, queue).push(raw, queue)

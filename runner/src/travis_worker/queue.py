@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 REAP_RETRIES = 20
 ATTEMPT_TTL = 30 * 86400
 FAILED_LOOKBACK = 100  # how far back restore_registration looks in <ns>:failed
-# What Resque 3.0 (lib/resque/worker.rb, prune_dead_workers/unregister_worker) records for a pruned worker's job
+# What Resque 3.0 (lib/resque/worker.rb prune_dead_workers/unregister_worker) records for a pruned job
 RESQUE_PRUNE_EXCEPTIONS = ("Resque::DirtyExit", "Resque::PruneDeadWorkerDirtyExit")
 # KEYS: processing, outbox, stat:processed, stat:processed:<id>, worker:<id>[, notify]
 # ARGV: raw job, completion time, outbox entries...
@@ -451,7 +451,7 @@ class Queue:
                     continue
 
 
-def last_alive(stamp: str | None, state_json: str | None) -> float | None | bool:
+def last_alive(stamp: str | None, state_json: str | None) -> float | bool | None:
     """When one of our workers was last alive (Redis time), from its heartbeat field, or when that field is
     missing (removed by a foreign Resque's prune, see docs/runner.md) from the `beat` of its worker_state.
     None: no sign of life at all; False: a stamp we cannot read (left alone)."""

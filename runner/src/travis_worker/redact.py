@@ -1,4 +1,4 @@
-"""Hide secrets in what the runner logs or prints: user info of URLs, and given secret values in build logs."""
+"""Hide secrets in what the runner logs or prints: URL user info, and secret values in build logs."""
 
 from __future__ import annotations
 

@@ -68,7 +68,7 @@ class DeliveryError(Exception):
 
 class Transport(Protocol):
     def send(self, client: redis.Redis, outbox: str, raw: str, entry: dict[str, Any]) -> None:
-        """Deliver `entry` (the outbox head `raw`) and pop exactly that entry from `outbox`; raise on failure."""
+        """Deliver `entry` (the outbox head `raw`) and pop exactly that entry; raise on failure."""
 
 
 class HttpTransport:
@@ -98,9 +98,8 @@ class HttpTransport:
         except requests.RequestException as exc:
             raise DeliveryError(mask_urls(f"PUT {shown}: {exc.__class__.__name__}: {exc}")) from None
         if resp.status_code in PERMANENT_HTTP:
-            log.error(
-                "PUT %s refused for good (HTTP %s: %.200s); report dropped", shown, resp.status_code, resp.text
-            )
+            status, body = resp.status_code, resp.text
+            log.error("PUT %s refused for good (HTTP %s: %.200s); report dropped", shown, status, body)
             return
         if not 200 <= resp.status_code < 300:
             raise DeliveryError(f"PUT {shown}: HTTP {resp.status_code}")

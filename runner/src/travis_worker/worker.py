@@ -177,11 +177,11 @@ class Worker:
                     self._abort_current("this worker was reaped as dead; the job was requeued by the reaper")
                 elif created and beats > 0:
                     # Only our heartbeat field was removed, not our state: a foreign Resque's
-                    # prune_dead_workers (it does not know our pid). We keep our job and restore what it deleted.
+                    # prune_dead_workers (it does not know our pid). Keep the job, restore what it deleted.
                     dropped = self.queue.restore_registration()
                     log.warning(
-                        "registration removed by another Resque worker's prune; restored (false failure entries "
-                        "removed: %d)",
+                        "registration removed by another Resque worker's prune; restored "
+                        "(false failure entries removed: %d)",
                         dropped,
                     )
                 if connected_since is None:
