@@ -172,11 +172,11 @@ class Worker:
                     pipe.sadd(self.keys.ours, self.id)
                     self._write_state(pipe)
                     created, _, _, state_created = pipe.execute()[:4]
-                if created and beats > 0 and state_created:
+                if created and beats > 0 and self._was_reaped(bool(state_created)):
                     log.error("this worker had been reaped as dead (heartbeat too old); registered again")
                     self._abort_current("this worker was reaped as dead; the job was requeued by the reaper")
                 elif created and beats > 0:
-                    # Only our heartbeat field was removed, not our state: a foreign Resque's
+                    # Our heartbeat field was removed but not by our reaper: a foreign Resque's
                     # prune_dead_workers (it does not know our pid). Keep the job, restore what it deleted.
                     dropped = self.queue.restore_registration()
                     log.warning(
@@ -196,6 +196,13 @@ class Worker:
                 connected_since = None
             if self.threads_stop.wait(self.interval):
                 return
+
+    def _was_reaped(self, state_created: bool) -> bool:
+        """Our heartbeat field had vanished: by our reaper (it empties our processing list and removes our
+        worker_state in the same transaction) or by a foreign Resque's prune (it touches neither)."""
+        if self.current_job is not None:
+            return self.r.llen(self.keys.processing(self.id)) == 0
+        return state_created
 
     def reap(self) -> None:
         reaped = self.queue.reap(self.dead_after)
