@@ -116,6 +116,28 @@ def test_our_dead_worker_is_still_reaped_without_scan(client: redis.Redis) -> No
     assert client.smembers("resque:travis:workers") == {"me:1:builds"}
 
 
+def test_our_worker_whose_heartbeat_a_resque_prune_removed_is_judged_by_its_state(
+    client: redis.Redis,
+) -> None:
+    """Between a Resque prune (HDEL of our heartbeat field) and our next beat, other reapers must wait."""
+    pruned = make(client, "pruned:3:builds")
+    pruned.register()
+    pruned.push(json.dumps({"class": "X", "args": [{"n": 1}]}))
+    pruned.take(1)
+    state = {"state": "working", "job_id": 1, "vm": None, "since": now_iso(), "heartbeat_interval": 1}
+    client.hset(
+        "resque:travis:worker_state", "pruned:3:builds", json.dumps({**state, "beat": redis_now(client)})
+    )
+    client.hdel("resque:workers:heartbeat", "pruned:3:builds")
+    me = make(client, "me:1:builds")
+    me.register()
+    assert me.reap(dead_after=5) == {}
+    assert client.llen("resque:processing:pruned:3:builds") == 1
+    stale = {**state, "beat": redis_now(client) - 6}  # and if it really died after the prune: reaped
+    client.hset("resque:travis:worker_state", "pruned:3:builds", json.dumps(stale))
+    assert me.reap(dead_after=5) == {"pruned:3:builds": ["requeued"]}
+
+
 def _calls(client: redis.Redis, command: str) -> int:
     return int(client.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
 

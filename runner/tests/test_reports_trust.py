@@ -170,3 +170,17 @@ def test_bad_secure_env_entry_is_a_payload_error(
     wait_for(lambda: client.llen("resque:failed"), 20, "the job in failed")
     entry = json.loads(client.lindex("resque:failed", 0))
     assert entry["exception"] == "PayloadError" and entry["error"].startswith("env_vars[0].public:")
+
+
+def test_masking_helpers_on_every_split_and_url_form() -> None:
+    from travis_worker.redact import Masker, mask_urls
+
+    text = "a tok3n-value b tok3n-valuetok3n-value c sh0rt d x"
+    expected = "a [secure] b [secure][secure] c [secure] d x"
+    for cut in range(len(text) + 1):
+        masker = Masker(["tok3n-value", "sh0rt", "x"])  # "x" is below the minimum length: not masked
+        out = masker.feed(text[:cut]) + masker.feed(text[cut:]) + masker.feed("", final=True)
+        assert out == expected, cut
+    assert mask_urls("PUT http://u:p4ss@h:1/x, https://t0ken@github.com/a.git git@github.com:a/b.git") == (
+        "PUT http://u:***@h:1/x, https://***@github.com/a.git git@github.com:a/b.git"
+    )
