@@ -85,6 +85,7 @@ def test_a_pill_left_by_a_dead_worker_does_not_stop_a_new_one(
     client.rpush(f"resque:processing:{dead}", DEEP)
     client.hset("resque:workers:heartbeat", dead, "2000-01-01T00:00:00+00:00")
     client.sadd("resque:workers", dead)
+    client.sadd("resque:travis:workers", dead)  # one of ours: only our workers are reaped
     worker = spawn()
     wait_for(lambda: client.llen("resque:failed") == 1, 15, "the pill in failed")
     entry = failed(client)[0]

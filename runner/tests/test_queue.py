@@ -142,6 +142,7 @@ def test_concurrent_reapers_requeue_each_job_once(client: redis.Redis) -> None:
         client.rpush(f"resque:travis:outbox:{wid}", f"report-{d}")
         client.hset("resque:workers:heartbeat", wid, now_iso(0))
         client.sadd("resque:workers", wid)
+        client.sadd("resque:travis:workers", wid)  # ours: registered by one of our workers
     reapers = [
         make(redis.Redis(connection_pool=client.connection_pool), f"live:{i}:builds") for i in range(8)
     ]
@@ -238,6 +239,7 @@ def test_reaper_fails_a_poison_pill_instead_of_dying(client: redis.Redis, redis_
     pills = ["[" * 1000 + "]" * 1000, big, b'{"\xff": 1}']
     client.rpush("resque:processing:dead:1:builds", *pills, job(1))
     client.hset("resque:workers:heartbeat", "dead:1:builds", now_iso(0))
+    client.sadd("resque:travis:workers", "dead:1:builds")  # ours: only our workers are reaped
     # read as the worker reads Redis: str, with invalid bytes kept by surrogateescape
     reaper = redis.Redis.from_url(redis_url, decode_responses=True, encoding_errors="surrogateescape")
     outcomes = make(reaper, "me:1:builds").reap(5)

@@ -87,7 +87,7 @@ def test_http_permanent_refusal_is_dropped_not_retried_forever(client: redis.Red
 
 
 def test_log_stream_numbers_parts_and_keeps_utf8_whole(client: redis.Redis) -> None:
-    stream = LogStream(client, K, WID, 3, lambda: None)
+    stream = LogStream(client, K, WID, 3, lambda: None, attempt=2)
     text = "héllo wörld ✓\n" * 2000
     data = text.encode()
     for i in range(0, len(data), 7):  # split inside multi-byte characters on purpose
@@ -97,4 +97,5 @@ def test_log_stream_numbers_parts_and_keeps_utf8_whole(client: redis.Redis) -> N
     assert [p["number"] for p in parts] == list(range(1, len(parts) + 1))
     assert len(parts) >= 2 and all(len(p["log"]) <= LOG_PART_BYTES for p in parts)  # bounded parts
     assert "".join(p["log"] for p in parts) == text
-    assert final["body"] == {"id": 3, "number": len(parts) + 1, "log": "", "final": True}
+    assert all(p["attempt"] == 2 for p in parts)
+    assert final["body"] == {"id": 3, "attempt": 2, "number": len(parts) + 1, "log": "", "final": True}

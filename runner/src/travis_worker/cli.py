@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import sys
-import time
 from typing import Any
 
 import redis
@@ -15,7 +14,8 @@ import yaml
 from travis_worker import __version__
 from travis_worker.config import Config, ConfigError, load_config
 from travis_worker.keys import Keys
-from travis_worker.queue import Queue, loads_safely, parse_iso
+from travis_worker.queue import Queue, loads_safely, parse_iso, server_time
+from travis_worker.redact import RedactingFormatter, mask_urls
 
 EXIT_OK = 0
 EXIT_ERROR = 1  # runtime failure (Redis unreachable, ...)
@@ -65,11 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s[%(threadName)s]: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    # every line the runner logs goes through this formatter: URL user info never reaches the log
+    line = "%(asctime)s %(levelname)s %(name)s[%(threadName)s]: %(message)s"
+    handler.setFormatter(RedactingFormatter(line))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,13 +82,13 @@ def main(argv: list[str] | None = None) -> int:
         # Only `run` serves a VM; the other commands work on a box without VM=... set.
         cfg = load_config(getattr(args, "config", None), require_vm=args.command == "run")
     except ConfigError as exc:
-        print(f"travis-worker: config error: {exc}", file=sys.stderr)
+        print(mask_urls(f"travis-worker: config error: {exc}"), file=sys.stderr)
         return EXIT_CONFIG
     setup_logging(cfg["verbose"])
     try:
         return COMMANDS[args.command](cfg, args)
     except redis.RedisError as exc:
-        print(f"travis-worker: redis at {cfg.nested(masked=True)['redis']['url']}: {exc}", file=sys.stderr)
+        print(mask_urls(f"travis-worker: redis at {cfg['redis.url']}: {exc}"), file=sys.stderr)
         return EXIT_ERROR
 
 
@@ -123,7 +123,7 @@ def worker_rows(client: redis.Redis, keys: Keys, default_interval: float) -> lis
     beats = client.hgetall(keys.heartbeat)
     states = client.hgetall(keys.worker_state)
     ids = sorted(set(client.smembers(keys.workers)) | set(beats))
-    now = time.time()
+    now = server_time(client)
     rows = []
     for worker_id in ids:
         doc = loads_safely(states.get(worker_id))  # anyone may write these hashes: never trust their shape
@@ -189,7 +189,7 @@ def _queue(cfg: Config, queue: str | None = None) -> Queue:
 def cmd_failed(cfg: Config, args: argparse.Namespace) -> int:
     entries = _queue(cfg).failed()
     if args.json:
-        print(json.dumps(entries, indent=2))
+        print(mask_urls(json.dumps(entries, indent=2)))
         return EXIT_OK
     if not entries:
         print("no failed jobs")
@@ -198,7 +198,7 @@ def cmd_failed(cfg: Config, args: argparse.Namespace) -> int:
             f"[{i}] {entry.get('failed_at', '?')} queue={entry.get('queue', '?')} "
             f"worker={entry.get('worker', '?')}"
         )
-        print(f"    {entry.get('exception', '?')}: {str(entry.get('error', '?'))[:2000]}")
+        print(mask_urls(f"    {entry.get('exception', '?')}: {str(entry.get('error', '?'))[:2000]}"))
     return EXIT_OK
 
 
@@ -252,7 +252,8 @@ def cmd_enqueue(cfg: Config, args: argparse.Namespace) -> int:
         try:
             job_of(make_envelope(raw, value))
         except PayloadError as exc:
-            print(f"travis-worker: {args.file}: {exc} (--no-validate pushes it anyway)", file=sys.stderr)
+            message = f"travis-worker: {args.file}: {exc} (--no-validate pushes it anyway)"
+            print(mask_urls(message), file=sys.stderr)
             return EXIT_DATA
     queue = args.queue or cfg["queue"]
     _queue(cfg, queue).push(raw, queue)

@@ -9,9 +9,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import yaml
+
+from travis_worker.redact import mask_urls
 
 DEFAULT_SEARCH = ("/etc/travis-worker/worker.yml", "./config/worker.yml")
 MIB = 1024 * 1024
@@ -94,14 +96,7 @@ class Config:
 
 
 def mask_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    user = parts.username or ""
-    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
+    return mask_urls(url)
 
 
 def mask_value(key: str, value: Any) -> Any:

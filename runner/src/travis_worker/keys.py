@@ -56,5 +56,13 @@ class Keys:
         return f"{self.ns}:travis:worker_state"
 
     @property
+    def ours(self) -> str:
+        """Set of our workers' ids: the reaper looks only at these (never at a foreign Resque worker)."""
+        return f"{self.ns}:travis:workers"
+
+    def attempt(self, job_id: int) -> str:
+        return f"{self.ns}:travis:attempt:{job_id}"
+
+    @property
     def vm_state(self) -> str:
         return f"{self.ns}:travis:vm_state"

@@ -204,28 +204,56 @@ def _env_entry(value: Any, path: str) -> list[tuple[str, str]]:
 
 def env_pairs(config: dict) -> list[tuple[str, str]]:
     """The ``config.env`` of a validated job as ordered (name, value) pairs."""
+    return [(name, value) for name, value, _secure in _env(config.get("env"), "config.env")]
+
+
+def env_settings(config: dict) -> list[tuple[str, str, bool]]:
+    """The ``config.env`` of a validated job as ordered (name, value, secure) triples."""
     return _env(config.get("env"), "config.env")
 
 
-def _env(value: Any, path: str) -> list[tuple[str, str]]:
+def repository_env(payload: dict) -> list[tuple[str, str, bool]]:
+    """The payload's ``env_vars`` (repository settings: ``{"name", "value", "public"}``) as triples."""
+    return _env(payload.get("env_vars"), "env_vars")
+
+
+def _env_object(value: dict, path: str) -> tuple[str, str, bool]:
+    """``{"name": "X", "value": "v", "secure": true}`` or ``{"name", "value", "public": false}``."""
+    name = value.get("name")
+    if not isinstance(name, str) or not _ENV_NAME_RE.match(name):
+        raise PayloadError(f"{path}.name: {_show(name)} is not a shell identifier")
+    val = value.get("value")
+    if isinstance(val, bool) or not isinstance(val, (str, int, float)):
+        raise PayloadError(f"{path}.value: expected a string or number, got {_type_name(val)}")
+    for flag in ("secure", "public"):
+        if flag in value and not isinstance(value[flag], bool):
+            raise PayloadError(f"{path}.{flag}: expected true or false, got {_show(value[flag])}")
+    secure = value.get("secure") is True or value.get("public") is False
+    return name, _command(str(val), f"{path}.value"), secure
+
+
+def _env(value: Any, path: str) -> list[tuple[str, str, bool]]:
     if value is None:
         return []
     if isinstance(value, str):
-        return _env_entry(value, path)
+        return [(name, val, False) for name, val in _env_entry(value, path)]
     if isinstance(value, list):
-        pairs: list[tuple[str, str]] = []
+        triples: list[tuple[str, str, bool]] = []
         for index, item in enumerate(value):
-            pairs.extend(_env_entry(item, f"{path}[{index}]"))
-        return pairs
+            if isinstance(item, dict):
+                triples.append(_env_object(item, f"{path}[{index}]"))
+            else:
+                triples.extend((name, val, False) for name, val in _env_entry(item, f"{path}[{index}]"))
+        return triples
     if isinstance(value, dict):
-        pairs = []
+        triples = []
         for name, val in value.items():
             if not isinstance(name, str) or not _ENV_NAME_RE.match(name):
                 raise PayloadError(f"{path}: key {_show(name)} is not a shell identifier")
             if isinstance(val, bool) or not isinstance(val, (str, int, float)):
                 raise PayloadError(f"{path}.{name}: expected a string or number, got {_type_name(val)}")
-            pairs.append((name, _command(str(val), f"{path}.{name}")))
-        return pairs
+            triples.append((name, _command(str(val), f"{path}.{name}"), False))
+        return triples
     raise PayloadError(f"{path}: expected NAME=value string(s), got {_type_name(value)}")
 
 
@@ -385,6 +413,7 @@ def read_envelope(raw: Union[bytes, str], max_bytes: int = DEFAULT_MAX_PAYLOAD) 
 def parse_payload(payload: Any) -> Job:
     """Validate one payload (the first resque argument) and build a :class:`Job`."""
     payload = _mapping(payload, "args[0]")
+    repository_env(payload)  # validates env_vars
     repository = _mapping(payload.get("repository"), "repository")
     slug = validate_slug(repository.get("slug"), "repository.slug")
     source_url = validate_source_url(repository.get("source_url"), "repository.source_url")

@@ -17,6 +17,10 @@ from travis_worker.payload import DEFAULT_MAX_PAYLOAD, Envelope, PayloadError, r
 
 log = logging.getLogger(__name__)
 REAP_RETRIES = 20
+ATTEMPT_TTL = 30 * 86400
+FAILED_LOOKBACK = 100  # how far back restore_registration looks in <ns>:failed
+# What Resque 3.0 (lib/resque/worker.rb prune_dead_workers/unregister_worker) records for a pruned job
+RESQUE_PRUNE_EXCEPTIONS = ("Resque::DirtyExit", "Resque::PruneDeadWorkerDirtyExit")
 # KEYS: processing, outbox, stat:processed, stat:processed:<id>, worker:<id>[, notify]
 # ARGV: raw job, completion time, outbox entries...
 FINISH_LUA = """
@@ -34,6 +38,12 @@ return 1
 def now_iso(ts: float | None = None) -> str:
     """Heartbeat timestamps: ISO 8601 in UTC with microseconds (Ruby's Time.parse reads them)."""
     return datetime.fromtimestamp(time.time() if ts is None else ts, timezone.utc).isoformat()
+
+
+def server_time(client: redis.Redis) -> float:
+    """Redis `TIME` (seconds): one clock for every worker's heartbeats and reaper, as Resque does."""
+    seconds, micros = client.time()
+    return seconds + micros / 1_000_000
 
 
 def parse_iso(value: str | bytes | None) -> float | None:
@@ -124,6 +134,7 @@ class Queue:
         self.max_attempts = max_attempts
         self.max_payload = max_payload
         self._finish_script = client.register_script(FINISH_LUA)
+        self._working: tuple[str, str] | None = None  # (raw job, <ns>:worker:<id> document) since start()
 
     # -- producer side -------------------------------------------------------------------------------
     def push(self, raw: str, queue: str | None = None) -> None:
@@ -135,10 +146,12 @@ class Queue:
 
     # -- registration --------------------------------------------------------------------------------
     def register(self) -> None:
+        stamp = now_iso(server_time(self.r))
         pipe = self.r.pipeline(transaction=True)
+        pipe.sadd(self.keys.ours, self.worker_id)
         pipe.sadd(self.keys.workers, self.worker_id)
         pipe.sadd(self.keys.queues, self.queue)
-        pipe.hset(self.keys.heartbeat, self.worker_id, now_iso())
+        pipe.hset(self.keys.heartbeat, self.worker_id, stamp)
         pipe.set(self.keys.worker_started(self.worker_id), time.strftime("%Y-%m-%d %H:%M:%S %z"))
         pipe.execute()
 
@@ -156,6 +169,7 @@ class Queue:
         return True
 
     def _forget(self, pipe: Any, worker_id: str, vm: str | None) -> None:
+        pipe.srem(self.keys.ours, worker_id)
         pipe.srem(self.keys.workers, worker_id)
         pipe.hdel(self.keys.heartbeat, worker_id)
         pipe.hdel(self.keys.worker_state, worker_id)
@@ -171,7 +185,7 @@ class Queue:
             pipe.hdel(self.keys.vm_state, vm)
 
     def beat(self) -> None:
-        self.r.hset(self.keys.heartbeat, self.worker_id, now_iso())
+        self.r.hset(self.keys.heartbeat, self.worker_id, now_iso(server_time(self.r)))
 
     def is_registered(self) -> bool:
         return self.r.hexists(self.keys.heartbeat, self.worker_id)
@@ -235,10 +249,47 @@ class Queue:
         return "requeued"
 
     def start(self, envelope: Envelope, run_at: str) -> None:
-        self.r.set(
-            self.keys.worker(self.worker_id),
-            json.dumps({"queue": self.queue, "run_at": run_at, "payload": envelope.stored}),
-        )
+        doc = json.dumps({"queue": self.queue, "run_at": run_at, "payload": envelope.stored})
+        self.r.set(self.keys.worker(self.worker_id), doc)
+        self._working = (envelope.raw, doc)
+
+    def begin_attempt(self, job_id: int) -> int:
+        """The number of this run of job `job_id`: 1, 2, ... whatever requeued it (kept 30 days)."""
+        key = self.keys.attempt(job_id)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.incr(key)
+        pipe.expire(key, ATTEMPT_TTL)
+        return int(pipe.execute()[0])
+
+    def restore_registration(self) -> int:
+        """Undo a foreign Resque `prune_dead_workers` that unregistered this live worker (it deleted our
+        `worker:<id>`, `:started`, heartbeat, stats and, when we were working, wrote a `DirtyExit` failure for
+        the job we still run). Restores the keys; removes that failure entry if we still hold the job.
+        Returns the number of failure entries removed."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.sadd(self.keys.workers, self.worker_id)
+        pipe.sadd(self.keys.ours, self.worker_id)
+        pipe.set(self.keys.worker_started(self.worker_id), time.strftime("%Y-%m-%d %H:%M:%S %z"))
+        pipe.execute()
+        working = self._working
+        if working is None:
+            return 0
+        raw, doc = working
+        if self.r.lpos(self.keys.processing(self.worker_id), raw) is None:
+            return 0  # that job is over: nothing to restore
+        self.r.set(self.keys.worker(self.worker_id), doc, nx=True)
+        payload = json.loads(doc)["payload"]
+        removed = 0
+        for entry in self.r.lrange(self.keys.failed, -FAILED_LOOKBACK, -1):
+            record = loads_safely(entry)
+            if (
+                isinstance(record, dict)
+                and record.get("worker") == self.worker_id
+                and record.get("exception") in RESQUE_PRUNE_EXCEPTIONS
+                and record.get("payload") == payload
+            ):
+                removed += self.r.lrem(self.keys.failed, 1, entry)
+        return removed
 
     def finish(
         self, envelope: Envelope, outbox_entries: Iterable[str] = (), notify: str | None = None
@@ -283,22 +334,22 @@ class Queue:
 
     # -- reaping -------------------------------------------------------------------------------------
     def dead_workers(self, dead_after: float, now: float | None = None) -> list[str]:
-        now = time.time() if now is None else now
+        """Our workers (in `<ns>:travis:workers` or `<ns>:travis:worker_state`) whose last sign of life is
+        older than `dead_after` by Redis `TIME`. Entries of `<ns>:workers:heartbeat` that are not ours (a Ruby
+        Resque worker) are never judged: Resque prunes its own. No SCAN of the keyspace."""
+        now = server_time(self.r) if now is None else now
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(self.keys.heartbeat)
+        pipe.smembers(self.keys.ours)
+        pipe.hgetall(self.keys.worker_state)
+        beats, ours, states = pipe.execute()
         dead = []
-        beats = self.r.hgetall(self.keys.heartbeat)
-        for worker_id, stamp in beats.items():
-            if worker_id == self.worker_id:
-                continue
-            ts = parse_iso(stamp)
-            if ts is not None and now - ts > dead_after:  # unreadable stamp (foreign worker): leave it alone
+        for worker_id in sorted((set(ours) | set(states)) - {self.worker_id}):
+            alive = last_alive(beats.get(worker_id), states.get(worker_id))
+            if alive is False:
+                continue  # unreadable stamp: leave it alone
+            if alive is None or now - alive > dead_after:
                 dead.append(worker_id)
-        # processing lists / outboxes without any heartbeat (a worker that vanished half-registered)
-        for pattern in (self.keys.processing("*"), self.keys.outbox("*")):
-            prefix = pattern[:-1]
-            for key in self.r.scan_iter(match=pattern, count=500):
-                worker_id = key[len(prefix) :]
-                if worker_id != self.worker_id and worker_id not in beats and worker_id not in dead:
-                    dead.append(worker_id)
         return dead
 
     def reap(self, dead_after: float) -> dict[str, list[str]]:
@@ -318,14 +369,13 @@ class Queue:
         for _ in range(REAP_RETRIES):
             with self.r.pipeline(transaction=True) as pipe:
                 try:
-                    pipe.watch(processing, outbox, self.keys.heartbeat)
-                    stamp = pipe.hget(self.keys.heartbeat, worker_id)
-                    ts = parse_iso(stamp)
-                    if stamp is not None and (ts is None or time.time() - ts <= dead_after):
-                        return None  # it came back (or is a foreign worker we cannot judge)
+                    pipe.watch(processing, outbox, self.keys.heartbeat, self.keys.worker_state)
+                    state = pipe.hget(self.keys.worker_state, worker_id)
+                    alive = last_alive(pipe.hget(self.keys.heartbeat, worker_id), state)
+                    if alive is False or (alive is not None and server_time(pipe) - alive <= dead_after):
+                        return None  # it came back (or has a stamp we cannot judge)
                     jobs = pipe.lrange(processing, 0, -1)
                     reports = pipe.lrange(outbox, 0, -1)
-                    state = pipe.hget(self.keys.worker_state, worker_id)
                     vm = None
                     if state:
                         doc = loads_safely(state)
@@ -418,6 +468,21 @@ class Queue:
                 except redis.WatchError:
                     count = 0
                     continue
+
+
+def last_alive(stamp: str | None, state_json: str | None) -> float | bool | None:
+    """When one of our workers was last alive (Redis time), from its heartbeat field, or when that field is
+    missing (removed by a foreign Resque's prune, see docs/runner.md) from the `beat` of its worker_state.
+    None: no sign of life at all; False: a stamp we cannot read (left alone)."""
+    if stamp is not None:
+        ts = parse_iso(stamp)
+        return False if ts is None else ts
+    if state_json:
+        doc = loads_safely(state_json)
+        beat = doc.get("beat") if isinstance(doc, dict) else None
+        if isinstance(beat, (int, float)) and not isinstance(beat, bool):
+            return float(beat)
+    return None
 
 
 def _owner_of(state_json: str) -> str | None:

@@ -7,7 +7,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import redis
@@ -15,6 +15,7 @@ import requests
 
 from travis_worker.keys import Keys
 from travis_worker.queue import now_iso
+from travis_worker.redact import Masker, mask_urls
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +27,38 @@ LOG_FLUSH_INTERVAL = 0.25
 PERMANENT_HTTP = (400, 404, 409, 410, 422)
 
 
-def state_entry(job_id: int, state: str, worker_id: str, **fields: Any) -> str:
-    body = {"id": job_id, "state": state, "worker": worker_id, f"{state}_at": now_iso(), **fields}
+# KEYS: outbox; ARGV: the entry that was delivered. Pops it only if it is still the head (a reaper may have
+# moved the outbox meanwhile): never drops a newer, undelivered report.
+POP_DELIVERED_LUA = """
+if redis.call('LINDEX', KEYS[1], 0) ~= ARGV[1] then return 0 end
+redis.call('LPOP', KEYS[1])
+return 1
+"""
+# KEYS: outbox, reporting list; ARGV: the outbox entry, its message. Delivery and pop in one step.
+DELIVER_REDIS_LUA = """
+if redis.call('LINDEX', KEYS[1], 0) ~= ARGV[1] then return 0 end
+redis.call('RPUSH', KEYS[2], ARGV[2])
+redis.call('LPOP', KEYS[1])
+return 1
+"""
+
+
+def state_entry(job_id: int, state: str, worker_id: str, attempt: int = 1, **fields: Any) -> str:
+    """`attempt`: the run of the job this report belongs to (1, 2, ... at every start of the job)."""
+    body = {
+        "id": job_id,
+        "state": state,
+        "worker": worker_id,
+        "attempt": attempt,
+        f"{state}_at": now_iso(),
+        **fields,
+    }
     return json.dumps({"job_id": job_id, "type": "state", "body": body})
 
 
-def log_entry(job_id: int, number: int, content: str, final: bool = False) -> str:
-    body = {"id": job_id, "number": number, "log": content, "final": final}
+def log_entry(job_id: int, number: int, content: str, final: bool = False, attempt: int = 1) -> str:
+    """Log part `number` (from 1 in every attempt) of run `attempt` of the job."""
+    body = {"id": job_id, "attempt": attempt, "number": number, "log": content, "final": final}
     return json.dumps({"job_id": job_id, "type": "log", "body": body})
 
 
@@ -41,8 +67,8 @@ class DeliveryError(Exception):
 
 
 class Transport(Protocol):
-    def send(self, client: redis.Redis, outbox: str, entry: dict[str, Any]) -> None:
-        """Deliver `entry` (the outbox head) and pop it from `outbox`; raise on failure."""
+    def send(self, client: redis.Redis, outbox: str, raw: str, entry: dict[str, Any]) -> None:
+        """Deliver `entry` (the outbox head `raw`) and pop exactly that entry; raise on failure."""
 
 
 class HttpTransport:
@@ -53,25 +79,30 @@ class HttpTransport:
         self.session = requests.Session()
         self.session.auth = (username, token)
         self.timeout = timeout
+        self._pop = None
 
-    def send(self, client: redis.Redis, outbox: str, entry: dict[str, Any]) -> None:
+    def send(self, client: redis.Redis, outbox: str, raw: str, entry: dict[str, Any]) -> None:
         self.deliver(entry)
-        client.lpop(outbox)  # at-least-once: a crash right here re-sends this report after a restart
+        # at-least-once: a crash right here re-sends this report after a restart
+        if self._pop is None:
+            self._pop = client.register_script(POP_DELIVERED_LUA)
+        if not self._pop(keys=[outbox], args=[raw]):
+            log.info("outbox %s changed during delivery (taken over by a reaper); nothing popped", outbox)
 
     def deliver(self, entry: dict[str, Any]) -> None:
         suffix = "/log" if entry["type"] == "log" else ""
         url = f"{self.url}/jobs/{entry['job_id']}{suffix}"
+        shown = mask_urls(url)
         try:
             resp = self.session.put(url, json=entry["body"], timeout=self.timeout)
         except requests.RequestException as exc:
-            raise DeliveryError(f"PUT {url}: {exc.__class__.__name__}: {exc}") from exc
+            raise DeliveryError(mask_urls(f"PUT {shown}: {exc.__class__.__name__}: {exc}")) from None
         if resp.status_code in PERMANENT_HTTP:
-            log.error(
-                "PUT %s refused for good (HTTP %s: %.200s); report dropped", url, resp.status_code, resp.text
-            )
+            status, body = resp.status_code, resp.text
+            log.error("PUT %s refused for good (HTTP %s: %.200s); report dropped", shown, status, body)
             return
         if not 200 <= resp.status_code < 300:
-            raise DeliveryError(f"PUT {url}: HTTP {resp.status_code}")
+            raise DeliveryError(f"PUT {shown}: HTTP {resp.status_code}")
 
 
 class RedisTransport:
@@ -79,16 +110,16 @@ class RedisTransport:
 
     def __init__(self, keys: Keys):
         self.keys = keys
+        self._deliver = None
 
     @staticmethod
     def message(entry: dict[str, Any]) -> str:
         return json.dumps({"event": f"job:{entry['type']}", "job_id": entry["job_id"], **entry["body"]})
 
-    def send(self, client: redis.Redis, outbox: str, entry: dict[str, Any]) -> None:
-        pipe = client.pipeline(transaction=True)
-        pipe.rpush(self.keys.reporting, self.message(entry))
-        pipe.lpop(outbox)
-        pipe.execute()
+    def send(self, client: redis.Redis, outbox: str, raw: str, entry: dict[str, Any]) -> None:
+        if self._deliver is None:
+            self._deliver = client.register_script(DELIVER_REDIS_LUA)
+        self._deliver(keys=[outbox, self.keys.reporting], args=[raw, self.message(entry)])
 
 
 class Sender(threading.Thread):
@@ -135,7 +166,7 @@ class Sender(threading.Thread):
             pipe.lrem(self.outbox, 1, raw)
             pipe.execute()
             return True
-        self.transport.send(self.r, self.outbox, entry)
+        self.transport.send(self.r, self.outbox, raw, entry)
         return True
 
     def notify(self) -> None:
@@ -178,13 +209,23 @@ class LogStream:
     """Collects build output as it arrives and appends numbered log parts to the outbox in the background."""
 
     def __init__(
-        self, client: redis.Redis, keys: Keys, worker_id: str, job_id: int, notify: Callable[[], None]
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        worker_id: str,
+        job_id: int,
+        notify: Callable[[], None],
+        *,
+        attempt: int = 1,
+        secrets: Iterable[str] = (),
     ):
         self.r = client
         self.outbox = keys.outbox(worker_id)
         self.job_id = job_id
+        self.attempt = attempt
         self.notify = notify
         self.number = 0
+        self._masker = Masker(secrets)  # secure values never reach the outbox
         self._buf: list[str] = []
         self._size = 0
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -210,18 +251,20 @@ class LogStream:
             self._wake.clear()
             self.flush()
 
-    def flush(self) -> None:
+    def flush(self, final: bool = False) -> None:
         with self._flush_lock:
             with self._lock:
                 text = "".join(self._buf)
                 self._buf.clear()
                 self._size = 0
+            text = self._masker.feed(text, final=final)
             if not text:
                 return
             # Parts are at most LOG_PART_BYTES characters even when this thread fell behind the build.
             for start in range(0, len(text), LOG_PART_BYTES):
                 self.number += 1
-                entry = log_entry(self.job_id, self.number, text[start : start + LOG_PART_BYTES])
+                part = text[start : start + LOG_PART_BYTES]
+                entry = log_entry(self.job_id, self.number, part, attempt=self.attempt)
                 push_with_retry(
                     lambda e=entry: self.r.rpush(self.outbox, e), f"queueing log part {self.number}"
                 )
@@ -236,5 +279,5 @@ class LogStream:
         if tail:
             with self._lock:
                 self._buf.append(tail)
-        self.flush()
-        return log_entry(self.job_id, self.number + 1, "", final=True)
+        self.flush(final=True)
+        return log_entry(self.job_id, self.number + 1, "", final=True, attempt=self.attempt)

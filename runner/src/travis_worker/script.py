@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import shlex
 
-from .payload import Job, env_pairs, phase_commands
+from .payload import Job, env_settings, phase_commands, repository_env
+from .redact import SECURE, url_secrets
 
 EXIT_PASSED = 0
 EXIT_FAILED = 1
@@ -149,12 +150,20 @@ def _checkout(job: Job, url: str, clone_depth: int) -> list[str]:
 
 
 def _exports(job: Job) -> list[str]:
+    """Repository settings (``env_vars``) first, then ``config.env``; a secure value is exported but echoed
+    as ``[secure]`` (and masked in the build output by the worker, see :func:`secure_values`)."""
     lines = []
-    for name, value in env_pairs(job.config):
-        assignment = f"{name}={_q(value)}"
-        lines.append(f"printf '$ export %s\\n' {_q(assignment)}")
-        lines.append(f"export {assignment}")
+    for name, value, secure in repository_env(job.payload) + env_settings(job.config):
+        shown = f"{name}={SECURE}" if secure else f"{name}={_q(value)}"
+        lines.append(f"printf '$ export %s\\n' {_q(shown)}")
+        lines.append(f"export {name}={_q(value)}")
     return lines
+
+
+def secure_values(job: Job, git_base_url: str) -> list[str]:
+    """What must never appear in the build log: secure env values and the clone URL's user info."""
+    values = [value for _, value, secure in repository_env(job.payload) + env_settings(job.config) if secure]
+    return values + url_secrets(clone_url(job, git_base_url))
 
 
 def build_script(job: Job, *, git_base_url: str, clone_depth: int = 50) -> str:

@@ -16,7 +16,7 @@ from travis_worker.config import Config
 from travis_worker.executor import Executor, Limits, SandboxError, make_executor
 from travis_worker.keys import Keys
 from travis_worker.payload import Envelope, Job, PayloadError, job_of
-from travis_worker.queue import Queue, loads_safely, make_worker_id, now_iso
+from travis_worker.queue import Queue, loads_safely, make_worker_id, now_iso, server_time
 from travis_worker.reporter import (
     BACKOFF_MAX,
     BACKOFF_START,
@@ -28,7 +28,7 @@ from travis_worker.reporter import (
     push_with_retry,
     state_entry,
 )
-from travis_worker.script import build_script
+from travis_worker.script import build_script, secure_values
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,7 @@ class Worker:
         self.current_job: int | None = None
         self.state = "idle"
         self.state_since = now_iso()
+        self.last_beat: float | None = None  # Redis time of our last heartbeat (in worker_state as "beat")
         self._check_held = True
         self._shutdown_timer: threading.Timer | None = None
         self._sigint_count = 0
@@ -104,7 +105,8 @@ class Worker:
     def _write_state(self, pipe: Any = None) -> None:
         doc = {"state": self.state, "job_id": self.current_job, "vm": self.vm, "since": self.state_since}
         own = pipe or self.r.pipeline(transaction=True)
-        own.hset(self.keys.worker_state, self.id, json.dumps({**doc, "heartbeat_interval": self.interval}))
+        extra = {"heartbeat_interval": self.interval, "beat": self.last_beat}
+        own.hset(self.keys.worker_state, self.id, json.dumps({**doc, **extra}))
         if self.vm:
             own.hset(self.keys.vm_state, self.vm, json.dumps({**doc, "worker": self.id}))
         if pipe is None:
@@ -162,14 +164,25 @@ class Worker:
         while True:
             try:
                 with self._state_lock:
+                    self.last_beat = server_time(self.r)
                     pipe = self.r.pipeline(transaction=True)
-                    pipe.hset(self.keys.heartbeat, self.id, now_iso())
+                    pipe.hset(self.keys.heartbeat, self.id, now_iso(self.last_beat))
                     pipe.sadd(self.keys.workers, self.id)
+                    pipe.sadd(self.keys.ours, self.id)
                     self._write_state(pipe)
-                    created = pipe.execute()[0]
-                if created and beats > 0:
+                    created, _, _, state_created = pipe.execute()[:4]
+                if created and beats > 0 and self._was_reaped(bool(state_created)):
                     log.error("this worker had been reaped as dead (heartbeat too old); registered again")
                     self._abort_current("this worker was reaped as dead; the job was requeued by the reaper")
+                elif created and beats > 0:
+                    # Our heartbeat field was removed but not by our reaper: a foreign Resque's
+                    # prune_dead_workers (it does not know our pid). Keep the job, restore what it deleted.
+                    dropped = self.queue.restore_registration()
+                    log.warning(
+                        "registration removed by another Resque worker's prune; restored "
+                        "(false failure entries removed: %d)",
+                        dropped,
+                    )
                 if connected_since is None:
                     connected_since = time.monotonic()
                 beats += 1
@@ -182,6 +195,13 @@ class Worker:
                 connected_since = None
             if self.threads_stop.wait(self.interval):
                 return
+
+    def _was_reaped(self, state_created: bool) -> bool:
+        """Our heartbeat field had vanished: by our reaper (it empties our processing list and removes our
+        worker_state in the same transaction) or by a foreign Resque's prune (it touches neither)."""
+        if self.current_job is not None:
+            return self.r.llen(self.keys.processing(self.id)) == 0
+        return state_created
 
     def reap(self) -> None:
         reaped = self.queue.reap(self.dead_after)
@@ -360,8 +380,15 @@ class Worker:
         outbox = self.keys.outbox(self.id)
         try:
             push_with_retry(lambda: self.queue.start(envelope, now_iso()), "marking the job as running")
+            attempt = 0
+
+            def begin() -> None:
+                nonlocal attempt
+                attempt = self.queue.begin_attempt(job.id)
+
+            push_with_retry(begin, "numbering the attempt")
             self.set_state("working")
-            received = state_entry(job.id, "received", self.id)
+            received = state_entry(job.id, "received", self.id, attempt)
             push_with_retry(lambda: self.r.rpush(outbox, received), "queueing the received report")
             self.sender.notify()
             try:
@@ -369,10 +396,18 @@ class Worker:
             except SandboxError as exc:
                 self._sandbox_failed(envelope, job, exc)
                 return
-            started = state_entry(job.id, "started", self.id)
+            started = state_entry(job.id, "started", self.id, attempt)
             push_with_retry(lambda: self.r.rpush(outbox, started), "queueing the started report")
             self.sender.notify()
-            stream = LogStream(self.r, self.keys, self.id, job.id, self.sender.notify)
+            stream = LogStream(
+                self.r,
+                self.keys,
+                self.id,
+                job.id,
+                self.sender.notify,
+                attempt=attempt,
+                secrets=secure_values(job, self.cfg["git.base_url"]),
+            )
             result = self._execute(job, stream)
             final_part = stream.close()
             if self.abort_reason is not None:
@@ -383,7 +418,9 @@ class Worker:
                     "requeueing the job",
                 )
                 return
-            finished = state_entry(job.id, "finished", self.id, result=result.state, reason=result.reason)
+            finished = state_entry(
+                job.id, "finished", self.id, attempt, result=result.state, reason=result.reason
+            )
             self._finish(envelope, [final_part, finished])
             log.info(
                 "job %s finished: %s%s", job.id, result.state, f" ({result.reason})" if result.reason else ""
