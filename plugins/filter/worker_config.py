@@ -15,23 +15,6 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
-DOCUMENTATION = r"""
-name: config_changes
-short_description: What differs between two travis-worker configurations, secrets masked
-description:
-  - Returns one line per differing key (dotted path) - C(key: old -> new), C(+ key: new) or C(- key) - with
-    credential-named keys shown as C(***) and URL passwords masked.
-  - A changed secret reads C(key: changed (value not shown)).
-options:
-  _input:
-    description: The current configuration (nested mappings; empty or none for a new file).
-    type: dict
-    required: true
-  new:
-    description: The configuration about to be written.
-    type: dict
-    required: true
-"""
 
 MASK = "***"
 _SECRET_NAME = re.compile(r"(token|password|passwd|secret|credential|private_?key|api_?key)$", re.IGNORECASE)
