@@ -29,7 +29,7 @@ PLAYBOOK = """
       ansible.builtin.template:
         src: "{root}/roles/worker/templates/{{{{ item }}}}.j2"
         dest: "{{{{ out }}}}/{{{{ item }}}}"
-        mode: "0755"
+        mode: "{{{{ '0755' if item == 'travis-vboxsvc' else '0644' }}}}"
       loop: [travis-worker@.service, travis-worker.target, travis-vboxsvc.service, travis-vboxsvc]
 """
 
@@ -164,3 +164,17 @@ def test_helper_waits_for_vboxsvc_ready(tmp_path: Path, ready: bool) -> None:
     finally:
         main.kill()
         main.wait()
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+def test_vboxsvc_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    """systemd's own parser accepts every key of the unit (the helper path points at an existing program, as
+    `verify` checks that every Exec command exists)."""
+    out = render(tmp_path, "-e", "worker_vm_provider=virtualbox", "-e", "worker_vboxsvc_helper=/bin/true")
+    proc = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(out / "travis-vboxsvc.service")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0 and not proc.stderr.strip(), proc.stdout + proc.stderr
