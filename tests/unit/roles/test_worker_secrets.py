@@ -141,3 +141,32 @@ def test_vault_values_reach_the_runner_as_plain_text(tmp_path: Path) -> None:
     assert local["travis"] == {"username": "worker", "token": TOKEN}
     env = yaml.safe_load((conf / "worker.production.yml").read_text())
     assert env["redis"]["url"] == f"rediss://:{REDIS_PASSWORD}@redis.example:6380/0"
+
+
+SETTINGS_PLAYBOOK = """
+- name: The maintenance playbooks' settings
+  hosts: localhost
+  gather_facts: false
+  vars_files:
+    - vault.yml
+  vars:
+    worker_redis_url: "rediss://:{{{{ vault_redis_password }}}}@redis.example:6380/0"
+  tasks:
+    - name: Resolve the settings
+      ansible.builtin.include_tasks: {root}/playbooks/tasks/settings.yml
+    - name: The URL, password included, is there for the tasks that need it
+      ansible.builtin.assert:
+        that: tw_redis_url == 'rediss://:' ~ vault_redis_password ~ '@redis.example:6380/0'
+        quiet: true
+"""
+
+
+def test_maintenance_playbook_settings_do_not_print_the_redis_password(tmp_path: Path) -> None:
+    """playbooks/tasks/settings.yml (workers.yml, rebuild.yml, reprovision.yml, scale.yml) resolves the Redis
+    URL into a fact: with -v a set_fact prints its facts, so that one must be no_log."""
+    (tmp_path / "vault.pass").write_text(VAULT_PASSWORD + "\n")
+    (tmp_path / "play.yml").write_text(SETTINGS_PLAYBOOK.format(root=ROOT))
+    _vault(tmp_path, REDIS_PASSWORD, TOKEN)
+    out = _play(tmp_path, tmp_path / "unused", "-vv")
+    _assert_no_secret(out, REDIS_PASSWORD, VAULT_PASSWORD)
+    assert "tw_project_dir" in out, out  # -vv did print the other facts
