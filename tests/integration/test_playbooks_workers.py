@@ -6,7 +6,7 @@ import re
 import time
 
 import pytest
-from playbooks_lab import NS, Lab, enqueue, rclient, wait_finished
+from playbooks_lab import NS, Lab, enqueue, finished, rclient, wait_finished
 
 pytestmark = pytest.mark.integration
 
@@ -60,3 +60,46 @@ def test_rebuild_without_confirmation_resets_nothing(lab: Lab) -> None:
     assert (
         lab.sh("test -e /etc/travis-worker/vms/rebuild.json && echo open || echo closed").strip() == "closed"
     )
+
+
+def _build_pids(lab: Lab, container: str) -> str:
+    """PIDs (box namespace) of the container's init and of the build's `sleep`, or '' while not running."""
+    return lab.sh(
+        f"init=$(lxc-info -n {container} -pH 2>/dev/null); "
+        f'[ -n "$init" ] && echo "$init $(pgrep -d, -f \'^sleep 45$\' --ns $init)" || true'
+    ).strip()
+
+
+def test_restarting_one_worker_leaves_another_workers_vm_and_build_running(lab: Lab) -> None:
+    """Issue #11 section 3: a stop and a restart of travis-worker@worker-1 during a build on worker-2 leave
+    worker-2's VM (its container init and the build's own process) running and the build ends `passed`."""
+    lab.sh("systemctl stop travis-worker@worker-1.service")  # so that worker-2 takes the job
+    try:
+        [job] = enqueue(lab, 1, sleep=45)
+        container = lab.machine_id("worker-2")
+        deadline = time.monotonic() + 300
+        pids = ""
+        while time.monotonic() < deadline:  # the build script runs: its `sleep 45` is up in worker-2's VM
+            container = lab.machine_id("worker-2")
+            pids = _build_pids(lab, container) if container else ""
+            if len(pids.split()) == 2:
+                break
+            time.sleep(1)
+        assert len(pids.split()) == 2, f"worker-2 never ran the build of job {job} (pids {pids!r})"
+        assert str(job) in (rclient(lab).hget(f"{NS}:travis:vm_state", "worker-2") or "")
+        # the VM and its build run in no worker's unit (cgroup), so no worker's stop can reach them
+        cgroups = lab.sh(" ".join(["cat"] + [f"/proc/{p}/cgroup" for p in pids.replace(",", " ").split()]))
+        assert cgroups.strip() and "travis-worker@" not in cgroups, cgroups
+
+        lab.sh("systemctl start travis-worker@worker-1.service")
+        lab.sh("systemctl stop travis-worker@worker-1.service")
+        assert lab.unit_state("worker-1") == "inactive"
+        assert _build_pids(lab, container) == pids, "stopping worker-1 touched worker-2's VM"
+        lab.sh("systemctl restart travis-worker@worker-1.service")
+        assert lab.unit_state("worker-1") == "active"
+        assert _build_pids(lab, container) == pids, "restarting worker-1 touched worker-2's VM"
+        assert job not in finished(lab), "the build ended before worker-1 was stopped and restarted"
+        assert wait_finished(lab, [job], timeout=300)[job] == "passed"
+    finally:
+        lab.sh("systemctl start travis-worker@worker-1.service")
+    assert [lab.unit_state(v) for v in ("worker-1", "worker-2")] == ["active", "active"]
