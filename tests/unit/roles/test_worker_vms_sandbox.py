@@ -112,6 +112,71 @@ def test_site_restores_before_and_retakes_after_the_recipes(tmp_path: Path) -> N
     ]
 
 
+VM_SANDBOX = """
+- name: reprovision in_place's restore step on a VM host
+  hosts: worker-2@box
+  gather_facts: false
+  tasks:
+    - name: The box's settings
+      ansible.builtin.set_fact:
+        tw_project_dir: "{{ project }}"
+        tw_provider: virtualbox
+        tw_user: root
+        tw_user_env: {HOME: "{{ project }}", LANG: C}
+      delegate_to: box
+      delegate_facts: true
+    - name: Restore
+      ansible.builtin.include_tasks: "{{ root }}/playbooks/tasks/vm_sandbox.yml"
+      vars:
+        tw_box: box
+        tw_vm: worker-2
+        tw_sandbox_action: restore
+"""
+
+
+def test_restore_without_a_snapshot_recreates_the_vm_from_its_box(tmp_path: Path) -> None:
+    """worker-2 has no `sandbox`: it is re-created from its box, not provisioned (and saved) as it is."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    stub = bindir / "vagrant"
+    stub.write_text(STUB.format(python=sys.executable))
+    stub.chmod(0o755)
+    calls = tmp_path / "calls.jsonl"
+    project = tmp_path / "project"
+    project.mkdir()
+    inv = tmp_path / "hosts.ini"
+    python = sys.executable
+    inv.write_text(
+        "".join(
+            f"{name} ansible_connection=local ansible_become=false ansible_python_interpreter={python}\n"
+            for name in ("box", "worker-2@box")
+        )
+    )
+    (tmp_path / "play.yml").write_text(VM_SANDBOX)
+    env = {
+        **os.environ,
+        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+        "HOME": str(tmp_path),
+        "PATH": f"{bindir}:{os.environ['PATH']}",
+        "TW_VAGRANT_LOG": str(calls),
+        "TW_VAGRANT_RECORDINGS": str(RECORDINGS),
+    }
+    proc = subprocess.run(
+        [str(BIN / "ansible-playbook"), "-i", str(inv), str(tmp_path / "play.yml"),
+         "-e", f"project={project}", "-e", f"root={ROOT}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "has no `sandbox` snapshot to restore: re-creating it from its box" in " ".join(
+        proc.stdout.split()
+    )
+    assert [json.loads(line)[1:] for line in calls.read_text().splitlines()] == [
+        ["snapshot", "list", "worker-2"],
+        ["destroy", "-f", "worker-2"],
+        ["up", "worker-2", "--provider=virtualbox"],
+    ]
+
+
 def test_sandbox_recordings_carry_their_provenance() -> None:
     names = sorted(RECORDINGS.glob("*.json"))
     assert names
