@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import threading
@@ -11,12 +12,13 @@ from typing import Optional
 
 import pytest
 from travis_worker.executor import Limits, SandboxError, make_executor, spawn_in_pty
-from travis_worker.executor_vagrant import REMOTE_KILL, REMOTE_RUN, VagrantExecutor
+from travis_worker.executor_vagrant import REMOTE_CLOCK, REMOTE_KILL, REMOTE_RUN, VagrantExecutor
 from travis_worker.vagrant import CommandError, Completed, LxcSandbox, cli_env, parse_ssh_config, run_cli
 
 FIXTURES = Path(__file__).parent / "fixtures" / "vagrant"
 UUID = "7d1c8f5e-4b2a-4c19-9a77-3e0f2b6d9c01"
 ROOMY = Limits(60, 30, 10**6)
+HOST_NOW = 1796173200.25  # 2026-12-02T01:00:00Z
 
 
 def fixture(name: str) -> str:
@@ -48,6 +50,26 @@ def project_dir(tmp_path: Path) -> Path:
 
 
 SSH_CONFIG = (["vagrant", "ssh-config", "worker-1"], 0, fixture("vagrant_ssh_config_virtualbox.txt"), "")
+RECORDINGS = Path(__file__).parent / "fixtures" / "vbox_lifecycle"
+
+
+def recording(name: str) -> tuple[list[str], int, str, str]:
+    """A recorded call (fixtures/vbox_lifecycle/*.json, each with its provenance) as a FakeRunner step."""
+    data = json.loads((RECORDINGS / name).read_text())
+    return data["argv"], data["rc"], data["stdout"], data["stderr"]
+
+
+def build_log_start(ex: VagrantExecutor, tmp_path: Path) -> list[str]:
+    """The lines run() writes before the build's own output (the build itself runs locally)."""
+    script = tmp_path / "build.sh"
+    script.write_text("echo BUILD\n")
+    state = tmp_path / "state"
+    ex.runner = FakeRunner([(["ssh", "-F", str(state / "ssh-config-worker-1")], 0, "", "")])
+    ex.spawn = LocalSsh(script)
+    out: list[bytes] = []
+    ex.run("echo BUILD\n", out.append, threading.Event(), ROOMY)
+    text = b"".join(out).decode()
+    return text[: text.index("BUILD")].splitlines()
 
 
 def ssh_ready(tmp_path: Path) -> tuple[list[str], int, str, str]:
@@ -57,6 +79,8 @@ def ssh_ready(tmp_path: Path) -> tuple[list[str], int, str, str]:
 def executor(tmp_path: Path, runner: FakeRunner, provider: str = "virtualbox", **kw) -> VagrantExecutor:
     (tmp_path / "state").mkdir(exist_ok=True)
     kw.setdefault("lxc_sandbox", LxcSandbox(runner=runner, helper=str(tmp_path / "twt-no-such-helper")))
+    kw.setdefault("retry_sleep", 0)
+    kw.setdefault("clock", lambda: HOST_NOW)
     return VagrantExecutor(
         provider,
         project_dir=str(tmp_path),
@@ -84,30 +108,28 @@ def test_virtualbox_prepare_restores_the_sandbox_snapshot(tmp_path: Path) -> Non
                 fixture("vboxmanage_showvminfo_running.txt"),
                 "",
             ),
-            (["VBoxManage", "controlvm", UUID, "poweroff"], 0, "", "0%...100%\n"),
-            (["VBoxManage", "snapshot", UUID, "restore", "sandbox"], 0, "", "Restoring snapshot 'sandbox'\n"),
-            (
-                ["VBoxManage", "startvm", UUID, "--type", "headless"],
-                0,
-                'VM "x" has been successfully started.\n',
-                "",
-            ),
+            recording("controlvm_poweroff.json"),
+            recording("showvminfo_poweroff.json"),
+            recording("snapshot_restore.json"),
+            recording("startvm_started.json"),
             SSH_CONFIG,
             ssh_ready(tmp_path),
+            recording("ssh_clock.json"),
         ]
     )
     executor(tmp_path, runner).prepare()
     argvs = [call["argv"] for call in runner.calls]
-    assert argvs[:5] == [
+    assert argvs[:6] == [
         ["VBoxManage", "snapshot", UUID, "list", "--machinereadable"],
         ["VBoxManage", "showvminfo", UUID, "--machinereadable"],
         ["VBoxManage", "controlvm", UUID, "poweroff"],
+        ["VBoxManage", "showvminfo", UUID, "--machinereadable"],
         ["VBoxManage", "snapshot", UUID, "restore", "sandbox"],
         ["VBoxManage", "startvm", UUID, "--type", "headless"],
     ]
-    assert runner.calls[5]["cwd"] == str(tmp_path)
+    assert runner.calls[6]["cwd"] == str(tmp_path)
     config = tmp_path / "state" / "ssh-config-worker-1"
-    assert argvs[6] == [
+    assert argvs[7] == [
         "ssh",
         "-F",
         str(config),
@@ -129,35 +151,208 @@ def test_virtualbox_prepare_restores_the_sandbox_snapshot(tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     "listing", ["vboxmanage_snapshot_list_none.txt", "vboxmanage_snapshot_list_other.txt"]
 )
-def test_virtualbox_prepare_takes_the_snapshot_once_when_missing(tmp_path: Path, listing: str) -> None:
+def test_virtualbox_missing_snapshot_recreates_the_vm_from_its_box(
+    tmp_path: Path, listing: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No `sandbox`: never snapshot the VM's current (possibly dirty) state; re-create it from its box."""
     project_dir(tmp_path)
     code = 1 if "none" in listing else 0
     runner = FakeRunner(
         [
             (["VBoxManage", "snapshot", UUID, "list", "--machinereadable"], code, fixture(listing), ""),
-            (
-                ["VBoxManage", "snapshot", UUID, "take", "sandbox"],
-                0,
-                "0%...100%\nSnapshot taken. UUID: x\n",
-                "",
-            ),
-            (
-                ["VBoxManage", "showvminfo", UUID, "--machinereadable"],
-                0,
-                fixture("vboxmanage_showvminfo_poweroff.txt"),
-                "",
-            ),
-            (["VBoxManage", "snapshot", UUID, "restore", "sandbox"], 0, "", ""),
-            (["VBoxManage", "startvm", UUID, "--type", "headless"], 0, "", ""),
+            (["vagrant", "destroy", "-f", "worker-1"], 0, "", ""),
+            (["vagrant", "up", "worker-1", "--provider=virtualbox"], 0, "", ""),
+            recording("snapshot_take.json"),
             SSH_CONFIG,
             ssh_ready(tmp_path),
+            recording("ssh_clock.json"),
+        ]
+    )
+    ex = executor(tmp_path, runner)
+    with caplog.at_level("WARNING"):
+        ex.prepare()
+    assert not runner.script
+    argvs = [call["argv"] for call in runner.calls]
+    assert ["VBoxManage", "controlvm", UUID, "poweroff"] not in argvs
+    assert runner.calls[1]["cwd"] == runner.calls[2]["cwd"] == str(tmp_path)
+    assert "has no snapshot 'sandbox'; re-creating it from its box" in caplog.text
+    log_start = build_log_start(ex, tmp_path)
+    assert log_start[0].startswith("VM worker-1: it has no snapshot 'sandbox'; re-creating it from its box")
+    assert log_start[1].startswith("Guest clock set from the worker host")
+
+
+def reset_head(state_recording: str) -> list[tuple[list[str], int, str, str]]:
+    return [
+        (
+            ["VBoxManage", "snapshot", UUID, "list", "--machinereadable"],
+            0,
+            fixture("vboxmanage_snapshot_list_sandbox.txt"),
+            "",
+        ),
+        recording(state_recording),
+    ]
+
+
+def ssh_tail(tmp_path: Path) -> list[tuple[list[str], int, str, str]]:
+    return [SSH_CONFIG, ssh_ready(tmp_path), recording("ssh_clock.json")]
+
+
+def test_virtualbox_guru_meditation_is_powered_off_before_the_restore(tmp_path: Path) -> None:
+    """VMState "gurumeditation" (not "stuck") is online: restore refuses it until it is powered off."""
+    project_dir(tmp_path)
+    runner = FakeRunner(
+        [
+            *reset_head("showvminfo_gurumeditation.json"),
+            recording("controlvm_poweroff.json"),
+            recording("showvminfo_poweroff.json"),
+            recording("snapshot_restore.json"),
+            recording("startvm_started.json"),
+            *ssh_tail(tmp_path),
         ]
     )
     executor(tmp_path, runner).prepare()
-    argvs = [call["argv"][:5] for call in runner.calls]
-    assert ["VBoxManage", "snapshot", UUID, "take", "sandbox"] in argvs
-    assert ["VBoxManage", "controlvm", UUID, "poweroff"] not in argvs  # already powered off
     assert not runner.script
+
+
+def test_virtualbox_power_off_race_waits_and_retries_the_start(tmp_path: Path) -> None:
+    """After poweroff the VM is still "stopping" and its session locked: wait, then retry startvm."""
+    project_dir(tmp_path)
+    runner = FakeRunner(
+        [
+            *reset_head("showvminfo_gurumeditation.json"),
+            recording("controlvm_poweroff.json"),
+            recording("showvminfo_stopping.json"),
+            recording("showvminfo_poweroff.json"),
+            recording("snapshot_restore.json"),
+            recording("startvm_locked.json"),
+            recording("startvm_locked.json"),
+            recording("startvm_started.json"),
+            *ssh_tail(tmp_path),
+        ]
+    )
+    executor(tmp_path, runner).prepare()
+    assert not runner.script
+    assert not any(call["argv"][:2] == ["vagrant", "destroy"] for call in runner.calls)
+
+
+def test_virtualbox_lock_that_never_clears_is_a_sandbox_error_after_bounded_retries(tmp_path: Path) -> None:
+    project_dir(tmp_path)
+    runner = FakeRunner(
+        [
+            *reset_head("showvminfo_poweroff.json"),
+            recording("snapshot_restore.json"),
+            *[recording("startvm_locked.json")] * 3,
+        ]
+    )
+    with pytest.raises(SandboxError, match="already locked by a session"):
+        executor(tmp_path, runner, retries=3).prepare()
+    assert not runner.script  # exactly 3 tries, no destroy of a VM somebody else holds
+
+
+def test_virtualbox_startvm_exit_1_after_successfully_started_is_a_start(tmp_path: Path) -> None:
+    project_dir(tmp_path)
+    runner = FakeRunner(
+        [
+            *reset_head("showvminfo_poweroff.json"),
+            recording("snapshot_restore.json"),
+            recording("startvm_exit1_started.json"),
+            *ssh_tail(tmp_path),
+        ]
+    )
+    executor(tmp_path, runner).prepare()
+    assert not runner.script
+
+
+def test_virtualbox_unloadable_snapshot_recreates_the_vm_from_its_box(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    project_dir(tmp_path)
+    runner = FakeRunner(
+        [
+            *reset_head("showvminfo_poweroff.json"),
+            recording("snapshot_restore.json"),
+            recording("startvm_unloadable_state.json"),
+            (["vagrant", "destroy", "-f", "worker-1"], 0, "", ""),
+            (["vagrant", "up", "worker-1", "--provider=virtualbox"], 0, "", ""),
+            recording("snapshot_take.json"),
+            *ssh_tail(tmp_path),
+        ]
+    )
+    ex = executor(tmp_path, runner)
+    with caplog.at_level("WARNING"):
+        ex.prepare()
+    assert not runner.script
+    assert "could not be restored and started" in caplog.text and "VERR_SSM_LOADED_TOO_LITTLE" in caplog.text
+    assert "re-creating it from its box" in build_log_start(ex, tmp_path)[0]
+
+
+def test_virtualbox_exit_0_with_an_error_line_is_a_failure(tmp_path: Path) -> None:
+    project_dir(tmp_path)
+    poweroff = recording("controlvm_poweroff.json")
+    error = "VBoxManage: error: Machine 'x' is not currently running\n"
+    runner = FakeRunner([*reset_head("showvminfo_gurumeditation.json"), (poweroff[0], 0, "", error)])
+    with pytest.raises(SandboxError, match="is not currently running"):
+        executor(tmp_path, runner).prepare()
+
+
+def test_virtualbox_sets_the_guest_clock_and_shows_it_first_in_the_build_log(tmp_path: Path) -> None:
+    project_dir(tmp_path)
+    runner = FakeRunner(
+        [
+            *reset_head("showvminfo_poweroff.json"),
+            recording("snapshot_restore.json"),
+            recording("startvm_started.json"),
+            *ssh_tail(tmp_path),
+        ]
+    )
+    ex = executor(tmp_path, runner)
+    ex.prepare()
+    clock_call = runner.calls[-1]["argv"]
+    assert clock_call[-2] == "worker-1" and 'sudo -n date -u -s "@1796173200.250"' in clock_call[-1]
+    assert build_log_start(ex, tmp_path) == [
+        "Guest clock set from the worker host: 2026-12-02T01:00:00Z (was 2026-11-27T04:10:09Z, +420591 s)"
+    ]
+
+
+def test_virtualbox_clock_failure_is_said_in_the_build_log_not_fatal(tmp_path: Path) -> None:
+    project_dir(tmp_path)
+    runner = FakeRunner(
+        [
+            *reset_head("showvminfo_poweroff.json"),
+            recording("snapshot_restore.json"),
+            recording("startvm_started.json"),
+            SSH_CONFIG,
+            ssh_ready(tmp_path),
+            (["ssh"], 1, "", "sudo: a password is required\n"),
+        ]
+    )
+    ex = executor(tmp_path, runner)
+    ex.prepare()
+    [line] = build_log_start(ex, tmp_path)
+    assert line.startswith("Guest clock NOT set") and "a password is required" in line
+
+
+def test_remote_clock_sets_and_reports_in_a_real_shell(tmp_path: Path) -> None:
+    """REMOTE_CLOCK with a stand-in `sudo` that only echoes: two whole-second epochs come back."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "sudo").write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$(dirname "$0")/sudo-args"\n')
+    (fake / "sudo").chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"}
+    done = subprocess.run(
+        ["bash", "-c", REMOTE_CLOCK.format(epoch="1796173200.250")],
+        env=env, capture_output=True, text=True, check=True, timeout=10,
+    )  # fmt: skip
+    assert [field.isdigit() for field in done.stdout.split()] == [True, True]
+    assert (fake / "sudo-args").read_text().split() == ["-n", "date", "-u", "-s", "@1796173200.250"]
+
+
+def test_lifecycle_recordings_carry_their_provenance() -> None:
+    names = sorted(RECORDINGS.glob("*.json"))
+    assert names
+    for path in names:
+        provenance = json.loads(path.read_text()).get("provenance", {})
+        assert all(provenance.get(key) for key in ("program", "version", "source")), path.name
 
 
 def test_virtualbox_failure_is_a_sandbox_error_naming_vm_and_stderr(tmp_path: Path) -> None:

@@ -1,7 +1,12 @@
 """The Vagrant executors: the build script runs inside one machine of a Vagrant project over SSH.
 
-* ``virtualbox``: before each job the VM is powered off, snapshot ``sandbox`` restored (taken once when
-  missing) and started headless.
+* ``virtualbox``: before each job the VM is powered off (any online state: running, paused, guru
+  meditation, ...), snapshot ``sandbox`` restored and started headless; both retried a few times while
+  VirtualBox still releases the VM's session. A missing ``sandbox`` snapshot, or one that cannot be restored
+  or started, is not retaken from the VM's current state: the VM is re-created from its box (``vagrant
+  destroy`` + ``vagrant up``) and the snapshot taken of that clean VM; worker log and build log say so.
+  The live snapshot resumes at the time it was taken, so the guest clock is set from the worker host's
+  clock over SSH (``sudo -n date -u -s @EPOCH``) before the build; the build log's first line shows it.
 * ``lxc``: vagrant-lxc has no snapshots; the helper ``travis-worker-lxc-sandbox`` (travis.worker.lxc role)
   keeps a copy of the machine's rootfs as its snapshot ``sandbox`` (taken once when missing, so the recipes
   applied to the VM are in it): before each job the container is stopped, the copy restored and the machine
@@ -26,6 +31,8 @@ from typing import Callable, Optional
 
 from .executor import BuildResult, Limits, SandboxError, spawn_in_pty, stream_process
 from .vagrant import (
+    OFFLINE_STATES,
+    POWER_OFF_STATES,
     SANDBOX_SNAPSHOT,
     CommandError,
     LxcSandbox,
@@ -36,6 +43,7 @@ from .vagrant import (
     lxc_container,
     parse_ssh_config,
     run_cli,
+    transient,
     virtualbox_id,
 )
 
@@ -53,6 +61,10 @@ _KILL = (
     'pg=$(cat "$f" 2>/dev/null) && kill -KILL -- "-$pg"'
 )
 REMOTE_KILL = f"exec bash -c {shlex.quote(_KILL)}"  # bash: dash's kill takes no process-group "--"
+# Sets the guest clock to the host's UTC time (the placeholder) and prints the guest's time before and after.
+REMOTE_CLOCK = (
+    'before=$(date -u +%s) && sudo -n date -u -s "@{epoch}" >/dev/null && echo "$before $(date -u +%s)"'
+)
 SSH_OPTIONS = (
     "-o",
     "BatchMode=yes",
@@ -79,6 +91,10 @@ class VagrantExecutor:
         spawn: Callable[..., tuple] = spawn_in_pty,
         kill_wait: float = 1.0,
         lxc_sandbox: Optional[LxcSandbox] = None,
+        retry_sleep: float = 1.0,
+        retries: int = 5,
+        settle_timeout: float = 60.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if provider not in ("virtualbox", "lxc"):
             raise ValueError(f"vms.provider: {provider!r} is not a Vagrant provider (virtualbox, lxc)")
@@ -94,8 +110,14 @@ class VagrantExecutor:
         self.vagrant = Vagrant(project_dir, runner=runner)
         self.vbox = VBoxManage(runner=runner)
         self.lxc_sandbox = lxc_sandbox or LxcSandbox(runner=runner)
+        self.retry_sleep = retry_sleep
+        self.retries = retries
+        self.settle_timeout = settle_timeout
+        self.clock = clock
         self._ssh_config: Optional[str] = None
         self._host: Optional[str] = None
+        # lines for the start of the next build's log (re-created VM, guest clock)
+        self.notes: list[str] = []
 
     def __repr__(self) -> str:
         return f"VagrantExecutor({self.provider}, {self.project_dir}, {self.vm_name})"
@@ -104,6 +126,7 @@ class VagrantExecutor:
 
     def prepare(self) -> None:
         started = time.monotonic()
+        self.notes = []
         try:
             if self.provider == "virtualbox":
                 self._reset_virtualbox()
@@ -111,6 +134,8 @@ class VagrantExecutor:
                 self._reset_lxc()
             self._load_ssh_config()
             self._wait_for_ssh()
+            if self.provider == "virtualbox":
+                self._set_guest_clock()
         except (CommandError, OSError) as exc:
             raise SandboxError(
                 f"VM {self.vm_name} ({self.provider}, project {self.project_dir}): sandbox reset failed: "
@@ -121,12 +146,86 @@ class VagrantExecutor:
     def _reset_virtualbox(self) -> None:
         uuid = virtualbox_id(self.project_dir, self.vm_name)
         if SANDBOX_SNAPSHOT not in self.vbox.snapshots(uuid):
-            log.info("VM %s has no snapshot %r: taking it now", self.vm_name, SANDBOX_SNAPSHOT)
-            self.vbox.take_snapshot(uuid, SANDBOX_SNAPSHOT)
-        if self.vbox.state(uuid) in ("running", "paused", "stuck"):
-            self.vbox.poweroff(uuid)
-        self.vbox.restore_snapshot(uuid, SANDBOX_SNAPSHOT)
-        self.vbox.start_headless(uuid)
+            self._recreate_virtualbox(f"it has no snapshot {SANDBOX_SNAPSHOT!r}")
+            return
+        self._power_off(uuid)
+        try:
+            self._retry(lambda: self.vbox.restore_snapshot(uuid, SANDBOX_SNAPSHOT))
+            self._retry(lambda: self.vbox.start_headless(uuid))
+        except CommandError as exc:
+            if transient(exc):  # still locked after the retries: not the snapshot's fault
+                raise
+            self._recreate_virtualbox(
+                f"its snapshot {SANDBOX_SNAPSHOT!r} could not be restored and started: {exc}"
+            )
+
+    def _power_off(self, uuid: str) -> None:
+        """Bring the VM to an offline state: power off any online one, wait out transitions."""
+        deadline = time.monotonic() + self.settle_timeout
+        while True:
+            state = self.vbox.state(uuid)
+            if state in OFFLINE_STATES:
+                return
+            if state in POWER_OFF_STATES:
+                log.info("VM %s is %s: powering it off", self.vm_name, state)
+                try:
+                    self.vbox.poweroff(uuid)
+                except CommandError as exc:
+                    if not transient(exc) or time.monotonic() >= deadline:
+                        raise
+                    log.info("VM %s: power-off refused for now, retrying: %s", self.vm_name, exc)
+                else:
+                    continue  # read the state again: poweroff returns before the session is released
+            if time.monotonic() >= deadline:
+                raise SandboxError(
+                    f"VM {self.vm_name} ({uuid}) is still {state or 'in an unknown state'!r} after "
+                    f"{self.settle_timeout:g} s; see `VBoxManage showvminfo {uuid}`"
+                )
+            time.sleep(self.retry_sleep)
+
+    def _retry(self, step: Callable[[], None]) -> None:
+        """Run ``step``; retry (bounded) while VirtualBox reports the session or state still in transition."""
+        for attempt in range(1, self.retries + 1):
+            try:
+                step()
+                return
+            except CommandError as exc:
+                if attempt == self.retries or not transient(exc):
+                    raise
+                log.info(
+                    "VM %s: VirtualBox not ready (try %d/%d): %s", self.vm_name, attempt, self.retries, exc
+                )
+                time.sleep(self.retry_sleep)
+
+    def _recreate_virtualbox(self, why: str) -> None:
+        """Re-create the VM from its box and take ``sandbox`` of that clean VM (as GitLab's executor does)."""
+        message = (
+            f"VM {self.vm_name}: {why}; re-creating it from its box (vagrant destroy + up) and taking "
+            f"snapshot {SANDBOX_SNAPSHOT!r} of it. The recipes applied to the VM are not in it until "
+            f"playbooks/reprovision.yml (or site.yml with the worker stopped) runs again."
+        )
+        log.warning("%s", message)
+        self.notes.append(message)
+        self.vagrant.destroy(self.vm_name)
+        self.vagrant.up(self.vm_name, "virtualbox")
+        self.vbox.take_snapshot(virtualbox_id(self.project_dir, self.vm_name), SANDBOX_SNAPSHOT)
+
+    def _set_guest_clock(self) -> None:
+        """The live snapshot resumes at the time it was taken: set the guest clock to the host's UTC time."""
+        now = self.clock()
+        done = self.runner([*self._ssh_argv(), REMOTE_CLOCK.format(epoch=f"{now:.3f}")], timeout=30)
+        fields = done.stdout.split()
+        if done.returncode != 0 or len(fields) != 2 or not all(f.isdigit() for f in fields):
+            note = f"Guest clock NOT set (the build runs with the snapshot's time): {CommandError(done)}"
+            log.warning("VM %s: %s", self.vm_name, note)
+        else:
+            before, after = int(fields[0]), int(fields[1])
+            note = (
+                f"Guest clock set from the worker host: {_utc(after)} (was {_utc(before)}, "
+                f"{after - before:+d} s)"
+            )
+            log.info("VM %s: %s", self.vm_name, note)
+        self.notes.append(note)
 
     def _reset_lxc(self) -> None:
         container = lxc_container(self.project_dir, self.vm_name)
@@ -199,9 +298,11 @@ class VagrantExecutor:
             if upload.returncode != 0:
                 raise CommandError(upload, "uploading the build script")
         except (CommandError, OSError, SandboxError) as exc:
+            self._write_notes(on_output)
             reason = f"VM {self.vm_name}: {exc}"
             on_output(f"\r\n{reason}\r\n".encode())
             return BuildResult("errored", reason, None)
+        self._write_notes(on_output)
         env = cli_env()
         env["TERM"] = "xterm"
         proc, master = self.spawn([*self._ssh_argv("-tt", "-q"), REMOTE_RUN], cwd=None, env=env)
@@ -211,6 +312,11 @@ class VagrantExecutor:
                 "errored", f"the SSH connection to VM {self.vm_name} failed (ssh exit 255)", 255
             )
         return result
+
+    def _write_notes(self, on_output: Callable[[bytes], None]) -> None:
+        for note in self.notes:
+            on_output(f"{note}\r\n".encode())
+        self.notes = []
 
     def _kill_remote(self) -> None:
         """Kill the remote process group; wait at most ``kill_wait`` s, then let it finish in the background.
@@ -232,3 +338,7 @@ class VagrantExecutor:
             log.warning(
                 "VM %s: killing the remote build may have failed: %s", self.vm_name, CommandError(done)
             )
+
+
+def _utc(epoch: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))

@@ -141,8 +141,42 @@ class Vagrant:
         self._run("up", vm_name, f"--provider={provider}")
 
 
+# VBoxManage's `VMState` values (VBoxManageInfo.cpp, machineStateToName() with fShort, VirtualBox 7.0/7.1).
+# Offline: the VM process is gone, `snapshot restore` and `startvm` may run.
+OFFLINE_STATES = frozenset({"poweroff", "saved", "aborted", "aborted-saved", "teleported"})
+# Online states `controlvm poweroff` ends (Console::powerDown(): Running, Paused, Stuck; it cancels a save, a
+# teleport or a live snapshot in progress). Any other state is a transition: wait for it to end.
+POWER_OFF_STATES = frozenset(
+    {
+        "running",
+        "paused",
+        "gurumeditation",
+        "saving",
+        "livesnapshotting",
+        "teleporting",
+        "teleportingpausedvm",
+    }
+)
+# Errors of a VM whose session VirtualBox has not released yet (a moment after `controlvm poweroff` returns):
+# Machine::lockMachine()/launchVMProcess() "is already locked by a session (or being locked or unlocked)"
+# (VBOX_E_INVALID_OBJECT_STATE), a machine state still in transition (VBOX_E_INVALID_VM_STATE).
+TRANSIENT_ERRORS = ("VBOX_E_INVALID_OBJECT_STATE", "VBOX_E_INVALID_VM_STATE", "already locked")
+_VBOX_ERROR = "VBoxManage: error:"
+_STARTED = "has been successfully started"
+
+
+def transient(error: CommandError) -> bool:
+    """True when ``error`` is VirtualBox still releasing the VM's session or state: worth a retry."""
+    text = error.completed.stdout + error.completed.stderr
+    return any(marker in text for marker in TRANSIENT_ERRORS)
+
+
 class VBoxManage:
-    """The few ``VBoxManage`` commands of a snapshot reset."""
+    """The few ``VBoxManage`` commands of a snapshot reset.
+
+    Like Vagrant's driver (plugins/providers/virtualbox/driver/base.rb, execute()), exit 0 with a
+    ``VBoxManage: error:`` line on stderr is a failure.
+    """
 
     def __init__(self, *, runner: Runner = run_cli, binary: str = "VBoxManage") -> None:
         self.runner = runner
@@ -150,12 +184,12 @@ class VBoxManage:
 
     def _run(self, *args: str, timeout: float = 300) -> Completed:
         done = self.runner([self.binary, *args], timeout=timeout)
-        if done.returncode != 0:
+        if done.returncode != 0 or _VBOX_ERROR in done.stderr:
             raise CommandError(done)
         return done
 
     def state(self, uuid: str) -> str:
-        """``VMState`` of ``showvminfo``: running, paused, saved, poweroff, aborted, ..."""
+        """``VMState`` of ``showvminfo``: running, paused, saved, poweroff, aborted, gurumeditation, ..."""
         return parse_machinereadable(self._run("showvminfo", uuid, "--machinereadable").stdout).get(
             "VMState", ""
         )
@@ -181,7 +215,17 @@ class VBoxManage:
         self._run("snapshot", uuid, "restore", name, timeout=900)
 
     def start_headless(self, uuid: str) -> None:
-        self._run("startvm", uuid, "--type", "headless")
+        """``startvm --type headless``; exit 1 after "... has been successfully started." is a start.
+
+        VBoxManageMisc.cpp (handleStartVM) prints that line once the power-up progress succeeded; Vagrant's
+        driver (version_5_0.rb, start()) accepts it whatever the exit code ("Some systems return an exit
+        code 1").
+        """
+        done = self.runner([self.binary, "startvm", uuid, "--type", "headless"], timeout=300)
+        if _STARTED in done.stdout:
+            return
+        if done.returncode != 0 or _VBOX_ERROR in done.stderr:
+            raise CommandError(done)
 
 
 LXC_SANDBOX_HELPER = "/usr/local/sbin/travis-worker-lxc-sandbox"
