@@ -55,7 +55,7 @@ options:
         is requeued). Must not exceed O(timeout). Not allowed with O(state=drained).
     type: int
   poll_interval:
-    description: Seconds between two state reads while waiting.
+    description: Seconds between two state reads while waiting; must be greater than 0.
     type: float
     default: 2.0
   redis_url:
@@ -74,6 +74,15 @@ options:
 requirements:
   - systemd on the target
   - the Python C(redis) library on the target for job-aware waiting (optional)
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+  platform:
+    platforms: posix
 notes:
   - Check mode reports which workers would change and whether they are busy now, without signalling anything.
   - Diff mode shows each instance's unit state before and after.
@@ -492,6 +501,8 @@ def main() -> None:
     params = module.params
     if params["timeout"] < 0:
         module.fail_json(msg=f"timeout must be >= 0 seconds, got {params['timeout']}")
+    if params["poll_interval"] <= 0:
+        module.fail_json(msg=f"poll_interval must be > 0 seconds, got {params['poll_interval']}")
     if params["force_after"] is not None:
         if params["state"] == "drained":
             module.fail_json(
