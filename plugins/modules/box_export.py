@@ -1,7 +1,8 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
 # Copyright: travis.worker developers
-# MIT License (see LICENSE)
+# MIT License (see LICENSE or https://opensource.org/license/mit)
+# SPDX-License-Identifier: MIT
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ description:
     O(digest); a rerun with the same O(digest) and an intact box (same size and sha256 as recorded) reports
     C(changed=false) without exporting again.
 author:
-  - travis.worker developers
+  - travis.worker developers (@travis-ci)
 options:
   project_dir:
     description: The Vagrant project (the directory with the Vagrantfile and C(.vagrant)).

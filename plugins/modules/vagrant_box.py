@@ -1,5 +1,6 @@
-# Copyright (c) travis.worker developers
-# MIT License (see galaxy.yml)
+# Copyright: travis.worker developers
+# MIT License (see LICENSE or https://opensource.org/license/mit)
+# SPDX-License-Identifier: MIT
 """Ansible module travis.worker.vagrant_box: add or remove a Vagrant box, idempotently."""
 
 DOCUMENTATION = r"""
@@ -23,7 +24,7 @@ description:
     because Vagrant gives boxes added from a plain file the version C(0).
   - Runs C(vagrant) as the invoking user with C(LANG=C); honours O(vagrant_home) (else E(VAGRANT_HOME)).
 author:
-  - travis.worker developers
+  - travis.worker developers (@travis-ci)
 options:
   name:
     description:

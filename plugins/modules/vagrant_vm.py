@@ -1,5 +1,6 @@
-# Copyright (c) travis.worker developers
-# MIT License (see galaxy.yml)
+# Copyright: travis.worker developers
+# MIT License (see LICENSE or https://opensource.org/license/mit)
+# SPDX-License-Identifier: MIT
 """Ansible module travis.worker.vagrant_vm: bring the machines of a Vagrant project to a state."""
 
 DOCUMENTATION = r"""
@@ -16,7 +17,7 @@ description:
   - Errors (vagrant missing, provider plugin missing, unknown machine, box not found, VirtualBox machine
     locked, disk full) fail with a message naming the machine and the remedy, plus rc and stderr.
 author:
-  - travis.worker developers
+  - travis.worker developers (@travis-ci)
 options:
   project_dir:
     description:
@@ -331,7 +332,7 @@ def run(module, runner, result: dict) -> None:
         for m in machines:
             predicted[m.name] = m._replace(state=predicted_state(action, m))
     result["changed"] = bool(steps)
-    result["changed_machines"] = list(dict.fromkeys(m.name for _, ms in steps for m in ms))
+    result["changed_machines"] = list(dict.fromkeys(m.name for _action, ms in steps for m in ms))
     runner.dry_run = module.check_mode
     for action, machines in steps:
         result["commands"].append(execute(runner, module, action, machines))

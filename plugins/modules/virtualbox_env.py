@@ -1,7 +1,8 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
 # Copyright: travis.worker developers
-# MIT License (see LICENSE)
+# MIT License (see LICENSE or https://opensource.org/license/mit)
+# SPDX-License-Identifier: MIT
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ description:
   - Only VMs whose names start with O(prefix) are touched unless O(all_vms=true). An empty O(prefix) is
     refused (it would match every VM of the user); use O(all_vms=true) to mean that.
 author:
-  - travis.worker developers
+  - travis.worker developers (@travis-ci)
 options:
   state:
     description: C(reset) wipes all worker VMs and state; C(clean) only inaccessible/orphaned worker VMs.
@@ -147,6 +148,7 @@ machine_folder:
 """
 
 import os
+import pwd
 import shutil
 import time
 import traceback
@@ -199,7 +201,9 @@ class Environment:
         if self.params["machine_folder"]:
             return self.params["machine_folder"]
         folder = self.vbox.default_machine_folder()
-        return folder or os.path.expanduser("~/VirtualBox VMs")
+        # VirtualBox's own default: "VirtualBox VMs" in the home of its user (RTPathUserHome: $HOME first)
+        home = os.environ.get("HOME") or pwd.getpwuid(os.getuid()).pw_dir
+        return folder or os.path.join(home, "VirtualBox VMs")
 
     def matches(self, name: str) -> bool:
         return self.all_vms or name.startswith(self.prefix)
@@ -246,7 +250,7 @@ class Environment:
         return vms, running
 
     def plan_reset(self, folder: str) -> dict[str, Any]:
-        vms, _ = self.inventory()
+        vms, _running = self.inventory()
         chosen = [vm for vm in vms if self.matches(vm["label"])]
         folders = []
         if os.path.isdir(folder):
@@ -267,7 +271,7 @@ class Environment:
         }
 
     def plan_clean(self, folder: str) -> dict[str, Any]:
-        vms, _ = self.inventory()
+        vms, _running = self.inventory()
         known = vagrant_ids(self.params["project_dir"])
         chosen, skipped = [], []
         for vm in vms:

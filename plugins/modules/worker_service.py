@@ -1,7 +1,8 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
 # Copyright: travis.worker developers
-# MIT License (see LICENSE)
+# MIT License (see LICENSE or https://opensource.org/license/mit)
+# SPDX-License-Identifier: MIT
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ description:
   - The unit must allow a long stop (C(TimeoutStopSec) at least O(timeout), or C(infinity)), otherwise systemd
     itself kills the runner before the job is done.
 author:
-  - travis.worker developers
+  - travis.worker developers (@travis-ci)
 options:
   name:
     description:
@@ -331,7 +332,7 @@ class WorkerService:
         return [unit_for(n, self.prefix) for n in names]
 
     def snapshot(self, targets: list[tuple[str, str]]) -> dict[str, dict[str, str]]:
-        return self.systemctl.show([unit for _, unit in targets])
+        return self.systemctl.show([unit for _name, unit in targets])
 
     def wants_change(self, active: str) -> bool:
         state = self.params["state"]
@@ -359,7 +360,7 @@ class WorkerService:
                 "msg": f"no {self.prefix}@*.service instances are known to systemd",
             }
         props = self.snapshot(targets)
-        missing = [unit for _, unit in targets if props[unit].get("LoadState") != "loaded"]
+        missing = [unit for _name, unit in targets if props[unit].get("LoadState") != "loaded"]
         if missing:
             self.module.fail_json(
                 msg=(
