@@ -1,5 +1,6 @@
-# Copyright (c) travis.worker developers
-# MIT License (see galaxy.yml)
+# Copyright: travis.worker developers
+# MIT License (see LICENSE or https://opensource.org/license/mit)
+# SPDX-License-Identifier: MIT
 """Inventory plugin travis.worker.vagrant: the machines of a Vagrant project as hosts."""
 
 DOCUMENTATION = r"""
@@ -15,7 +16,7 @@ description:
     variables C(vagrant_state), C(vagrant_provider) and C(vagrant_project_dir).
   - The inventory file name must end with C(vagrant.yml) or C(vagrant.yaml).
 author:
-  - travis.worker developers
+  - travis.worker developers (@travis-ci)
 extends_documentation_fragment:
   - constructed
 options:

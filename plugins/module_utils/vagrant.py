@@ -520,7 +520,14 @@ class VagrantRunner(CommandRunner):
         return self._act(args, box=name or src)
 
     def box_remove(
-        self, name: str, provider=None, version=None, all_versions: bool = False, force: bool = False
+        self,
+        name: str,
+        provider=None,
+        version=None,
+        all_versions: bool = False,
+        force: bool = False,
+        architecture=None,
+        all_architectures: bool = False,
     ) -> VagrantResult:
         args = ["box", "remove", name]
         if provider:
@@ -529,6 +536,11 @@ class VagrantRunner(CommandRunner):
             args += ["--box-version", version]
         elif all_versions:
             args.append("--all")
+        # Vagrant >= 2.4 only: several architectures of one version fail with BoxRemoveMultiArchitecture.
+        if architecture:
+            args += ["--architecture", architecture]
+        elif all_architectures:
+            args.append("--all-architectures")
         if force:
             args.append("--force")
         return self._act(args, box=name)

@@ -1,7 +1,8 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
 # Copyright: travis.worker developers
-# MIT License (see LICENSE)
+# MIT License (see LICENSE or https://opensource.org/license/mit)
+# SPDX-License-Identifier: MIT
 
 from __future__ import annotations
 
@@ -12,8 +13,15 @@ short_description: Re-export a provisioned Vagrant machine as a .box file, skipp
 version_added: 0.1.0
 description:
   - Packages machine O(name) of the Vagrant project O(project_dir) into the box file O(path).
-  - VirtualBox - C(vagrant package --base <VM uuid> --output ...); the machine is halted first and started
-    again (without provisioning) if it was running.
+  - VirtualBox - C(vagrant package <name> --output ...) in O(project_dir); the machine is halted first and
+    started again (without provisioning) if it was running. Run it as the user the VM is registered to
+    (C(become_user)); VirtualBox registrations are per user.
+  - VirtualBox - Vagrant replaces the insecure key in the machine by a generated one
+    (C(config.ssh.insert_key)). It ships that key in the box (C(vagrant_private_key) and a Vagrantfile
+    setting C(config.ssh.private_key_path)) only when it packages a machine of the project, not with
+    C(vagrant package --base), so machines made from such a box could not log in. With O(base) set, the VM is
+    packaged with C(--base) and, when the project's machine has a generated C(private_key), the module
+    ships that key the same way (C(--include) and C(--vagrantfile)).
   - LXC - done by this module, because C(vagrant package) of vagrant-lxc 1.4.3 crashes with LXC 5. The
     container named in C(.vagrant/machines/<name>/lxc/id) is stopped, its rootfs is archived with numeric
     owners and xattrs (entries under C(./rootfs/), the layout vagrant-lxc's template extracts), without
@@ -25,10 +33,10 @@ description:
   - libvirt - C(vagrant package <name> --output ...), halted first, started again if it was running.
   - The box is written to a temporary file next to O(path) and renamed into place. A metadata file
     C(<path>.json) records the source machine, the creation time, the checksum and the caller's recipe
-    O(digest); a rerun with the same O(digest) and an intact box reports C(changed=false) without exporting
-    again.
+    O(digest); a rerun with the same O(digest) and an intact box (same size and sha256 as recorded) reports
+    C(changed=false) without exporting again.
 author:
-  - travis.worker developers
+  - travis.worker developers (@travis-ci)
 options:
   project_dir:
     description: The Vagrant project (the directory with the Vagrantfile and C(.vagrant)).
@@ -57,7 +65,10 @@ options:
     type: bool
     default: false
   base:
-    description: VirtualBox only - the VM name or UUID to package. Default - the machine's id in C(.vagrant).
+    description:
+      - Mutually exclusive with the LXC-only O(lxc_config) and O(insecure_key).
+      - VirtualBox only - the VM name or UUID to package with C(vagrant package --base), for a VM that is not
+        the project's machine O(name). Default - package the machine O(name) of the project.
     type: str
   restart:
     description: Start the machine again after the export if it was running before.
@@ -79,10 +90,19 @@ options:
     description: C(VAGRANT_HOME), where the source box is. Default - C($VAGRANT_HOME) or C(~/.vagrant.d).
     type: path
   timeout:
-    description: Seconds each vagrant / lxc-stop command may take.
+    description: Seconds each vagrant / lxc-stop command may take; unset or V(0) means no limit.
     type: int
 requirements:
   - vagrant on the target; for LXC the lxc tools, tar and gzip
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+  platform:
+    platforms: posix
 notes:
   - Check mode reports whether an export would happen and which machine would be halted, without touching it.
   - Diff mode shows the box's metadata before and after.
@@ -197,6 +217,16 @@ WantedBy=ssh.service
 """
 
 
+# The box's Vagrantfile when a --base VM is packaged with the key Vagrant generated for it. Vagrant puts
+# --include files and the --vagrantfile (as _Vagrantfile) under include/ in the box, and the box's own
+# Vagrantfile loads include/_Vagrantfile (lib/vagrant/action/general/package.rb, package_setup_files.rb,
+# templates/package_Vagrantfile.erb), so the key is next to this file.
+BASE_VAGRANTFILE = """Vagrant.configure("2") do |config|
+  config.ssh.private_key_path = File.expand_path("../vagrant_private_key", __FILE__)
+end
+"""
+
+
 class ExportError(Exception):
     def __init__(self, msg: str, **extra: Any) -> None:
         super().__init__(msg)
@@ -250,10 +280,11 @@ def machine_ids(project_dir: str, name: str) -> dict[str, str]:
 
 
 def up_to_date(meta: Optional[dict[str, Any]], path: str, digest: Optional[str]) -> bool:
+    """Same recipe digest and the box file intact: its size and then its sha256 match the metadata."""
     if not digest or not meta or meta.get("digest") != digest:
         return False
     try:
-        return os.path.getsize(path) == meta.get("size")
+        return os.path.getsize(path) == meta.get("size") and sha256_of(path) == meta.get("sha256")
     except OSError:
         return False
 
@@ -536,8 +567,8 @@ class Exporter:
         try:
             if was_running:
                 self.vagrant.halt([name])
-            if provider == "virtualbox":
-                self.vagrant.run(["package", "--base", vm_id, "--output", tmp_box], machine=name)
+            if provider == "virtualbox" and self.p["base"]:
+                self.package_base(vm_id, tmp_box)
             else:
                 self.vagrant.run(["package", name, "--output", tmp_box], machine=name)
         finally:
@@ -545,6 +576,28 @@ class Exporter:
                 self.vagrant.up([name], provision=False)
                 restarted = True
         return {"halted": was_running, "restarted": restarted}
+
+    def package_base(self, vm_id: str, tmp_box: str) -> None:
+        """``vagrant package --base``, shipping the project machine's generated key as Vagrant would."""
+        argv = ["package", "--base", vm_id, "--output", tmp_box]
+        key = os.path.join(
+            self.p["project_dir"], ".vagrant", "machines", self.p["name"], "virtualbox", "private_key"
+        )
+        if not os.path.isfile(key):
+            self.vagrant.run(argv, machine=self.p["name"])
+            return
+        work = tempfile.mkdtemp(prefix=".box_export-", dir=os.path.dirname(tmp_box))
+        try:
+            shipped = os.path.join(work, "vagrant_private_key")
+            shutil.copyfile(key, shipped)
+            os.chmod(shipped, 0o600)
+            vagrantfile = os.path.join(work, "Vagrantfile")
+            with open(vagrantfile, "w", encoding="utf-8") as handle:
+                handle.write(BASE_VAGRANTFILE)
+            argv += ["--include", shipped, "--vagrantfile", vagrantfile]
+            self.vagrant.run(argv, machine=self.p["name"])
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
     # ---- main ---------------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -643,8 +696,14 @@ def main() -> None:
             "vagrant_home": {"type": "path"},
             "timeout": {"type": "int"},
         },
+        mutually_exclusive=[("base", "lxc_config"), ("base", "insecure_key")],
         supports_check_mode=True,
     )
+    if (module.params["timeout"] or 0) < 0:
+        module.fail_json(
+            msg=f"timeout must be >= 0 seconds (unset or 0: no limit), got {module.params['timeout']}",
+            path=module.params["path"],
+        )
     try:
         result = Exporter(module).run()
     except VagrantError as exc:

@@ -1,5 +1,6 @@
-# Copyright (c) travis.worker developers
-# MIT License (see galaxy.yml)
+# Copyright: travis.worker developers
+# MIT License (see LICENSE or https://opensource.org/license/mit)
+# SPDX-License-Identifier: MIT
 """Ansible module travis.worker.vagrant_box: add or remove a Vagrant box, idempotently."""
 
 DOCUMENTATION = r"""
@@ -23,7 +24,7 @@ description:
     because Vagrant gives boxes added from a plain file the version C(0).
   - Runs C(vagrant) as the invoking user with C(LANG=C); honours O(vagrant_home) (else E(VAGRANT_HOME)).
 author:
-  - travis.worker developers
+  - travis.worker developers (@travis-ci)
 options:
   name:
     description:
@@ -174,11 +175,44 @@ from ansible_collections.travis.worker.plugins.module_utils.vagrant import (
     box_directory,
     default_vagrant_home,
     fail_from_error,
+    parse_box_list,
     runner_from_module,
 )
 
 RECORD = "travis-worker-box.json"
 _URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+# `vagrant box add` success line (templates/locales/en.yml vagrant.box_added; Vagrant 2.4's BoxAdd#box_add
+# appends " (ARCH)" to the provider when the box has an architecture).
+_ADDED_RE = re.compile(
+    r"Successfully added box '(?P<name>[^']+)' \(v(?P<version>[^)]+)\) "
+    r"for '(?P<provider>[^' ]+)(?: \([^)]*\))?'"
+)
+
+
+def box_architectures(lines: list) -> dict:
+    """{Box: [architecture, ...]} from Vagrant >= 2.4's ``box-architecture`` lines (``n/a`` for boxes added
+    before architectures existed); empty for Vagrant 2.3, which prints none."""
+    arches: dict = {}
+    current: dict = {}
+    for line in lines:
+        if line.type == "box-name":
+            current = {"name": line.data[0], "provider": "", "version": "0"}
+        elif line.type in ("box-provider", "box-version") and current:
+            current[line.type[4:]] = line.data[0]
+        elif line.type == "box-architecture" and current:
+            box = Box(current["name"], current["provider"], current["version"])
+            arches.setdefault(box, []).append(line.data[0])
+    return arches
+
+
+def added_box(lines: list):
+    """The box `vagrant box add` reports as added, or None."""
+    for line in lines:
+        if line.type == "ui" and len(line.data) > 1:
+            match = _ADDED_RE.search(line.data[1])
+            if match:
+                return Box(match.group("name"), match.group("provider"), match.group("version"))
+    return None
 
 
 def local_path(src: str):
@@ -232,6 +266,7 @@ class BoxManager:
         self.result: dict = {"changed": False, "added": [], "removed": [], "commands": [], "boxes": []}
         self.warnings: list = []
         self._src_digests: dict = {}
+        self.architectures: dict = {}
 
     def matches(self, boxes: list) -> list:
         p = self.p
@@ -286,13 +321,15 @@ class BoxManager:
             return "sha256", self.src_digest("sha256")
         return None
 
+    def recorded_digest(self, box: Box, kind: str):
+        return ((read_record(self.home, box) or {}).get("checksums") or {}).get(kind)
+
     def needs_replace(self, box: Box) -> bool:
         wanted = self.wanted()
         if not wanted:
             return False
-        record = read_record(self.home, box) or {}
         kind, digest = wanted
-        installed = (record.get("checksums") or {}).get(kind)
+        installed = self.recorded_digest(box, kind)
         if installed == digest:
             return False
         if self.p["force"]:
@@ -343,12 +380,20 @@ class BoxManager:
         else:
             add_args.update(version=p["version"], checksum=p["checksum"], checksum_type=p["checksum_type"])
         try:
-            cmd = self.runner.box_add(src, **add_args).cmd
+            done = self.runner.box_add(src, **add_args)
         finally:
             if catalog_dir:
                 shutil.rmtree(catalog_dir, ignore_errors=True)
         # the temporary catalog path is reported as a placeholder, so check mode and real runs agree
-        self.result["commands"].append([placeholder if catalog_dir and a == src else a for a in cmd])
+        self.result["commands"].append([placeholder if catalog_dir and a == src else a for a in done.cmd])
+        return added_box(done.lines)
+
+    def target_version(self):
+        """The version `vagrant box add` gives the box: O(version), "0" for a box file added directly
+        (Vagrant's BoxAdd#add_direct), unknown (None) for a catalog without O(version)."""
+        if self.p["version"]:
+            return self.p["version"]
+        return None if (self.p["src"] or "").endswith(".json") else "0"
 
     def record(self) -> dict:
         p = self.p
@@ -364,20 +409,32 @@ class BoxManager:
     def present(self) -> None:
         p = self.p
         found = self.matches(self.before)
-        replace = [b for b in found if self.needs_replace(b)]
+        wanted = self.wanted() if found else None
+        # Without O(version) several versions may match: one added from this very file is enough.
+        same = [b for b in found if wanted and self.recorded_digest(b, wanted[0]) == wanted[1]]
+        replace = [] if same else [b for b in found if self.needs_replace(b)]
         if found and not replace:
-            self.result["record"] = read_record(self.home, found[0]) or {}
+            self.result["record"] = read_record(self.home, (same or found)[0]) or {}
             self.result["boxes"] = [b._asdict() for b in self.before]
             return
-        self.add(replace=bool(replace))
+        added = self.add(replace=bool(replace))
         self.result["changed"] = True
         record = self.record()
+        version = self.target_version()
         if self.module.check_mode:
-            new = replace or [Box(p["name"], p["provider"] or "unknown", p["version"] or "0")]
+            new = [Box(p["name"], p["provider"] or "unknown", version or "unknown")]
             after = self.before + [b for b in new if b not in self.before]
         else:
-            after = self.runner.box_list()
-            new = [b for b in self.matches(after) if b not in self.before] or replace
+            after = self.box_list()
+            # The record goes to the box this add wrote (never to other installed versions): the one Vagrant
+            # names in its success line, else the new entry, else the replaced entry of the target version.
+            new = (
+                [added]
+                if added and added in after
+                else [b for b in self.matches(after) if b not in self.before]
+            )
+            if not new and version:
+                new = [b for b in self.matches(after) if b.version == version]
             for box in new:
                 if not write_record(self.home, box, record):
                     self.warnings.append(
@@ -392,20 +449,32 @@ class BoxManager:
     def absent(self) -> None:
         found = self.matches(self.before)
         for box in found:
+            # Vagrant 2.4 lists one entry per architecture; removing one of several fails with
+            # BoxRemoveMultiArchitecture unless --all-architectures says all of them are meant.
             cmd = self.runner.box_remove(
-                box.name, provider=box.provider, version=box.version, force=self.p["force"]
+                box.name,
+                provider=box.provider,
+                version=box.version,
+                force=self.p["force"],
+                all_architectures=len(self.architectures.get(box, [])) > 1,
             )
             self.result["commands"].append(cmd.cmd)
         self.result["changed"] = bool(found)
         self.result["removed"] = [b._asdict() for b in found]
         if found and not self.module.check_mode:
-            after = self.runner.box_list()
+            after = self.box_list()
         else:
             after = [b for b in self.before if b not in found]
         self.result["boxes"] = [b._asdict() for b in after]
 
+    def box_list(self) -> list:
+        """Installed boxes, one entry per name/provider/version (Vagrant 2.4 lists one per architecture)."""
+        lines = self.runner.run(["box", "list"]).lines
+        self.architectures = box_architectures(lines)
+        return list(dict.fromkeys(parse_box_list(lines)))
+
     def run(self) -> dict:
-        self.before = self.runner.box_list()
+        self.before = self.box_list()
         self.runner.dry_run = self.module.check_mode
         if self.p["state"] == "present":
             self.present()

@@ -1,5 +1,6 @@
-# Copyright (c) travis.worker developers
-# MIT License (see galaxy.yml)
+# Copyright: travis.worker developers
+# MIT License (see LICENSE or https://opensource.org/license/mit)
+# SPDX-License-Identifier: MIT
 """Ansible module travis.worker.vagrant_vm: bring the machines of a Vagrant project to a state."""
 
 DOCUMENTATION = r"""
@@ -16,7 +17,7 @@ description:
   - Errors (vagrant missing, provider plugin missing, unknown machine, box not found, VirtualBox machine
     locked, disk full) fail with a message naming the machine and the remedy, plus rc and stderr.
 author:
-  - travis.worker developers
+  - travis.worker developers (@travis-ci)
 options:
   project_dir:
     description:
@@ -34,7 +35,8 @@ options:
   state:
     description:
       - V(running) brings machines up (C(vagrant up)) unless running.
-      - V(halted) halts running (or saved/frozen) machines; machines not created stay not created.
+      - V(halted) halts running (or saved/frozen/paused) machines and powers off VirtualBox VMs in
+        V(gurumeditation); machines not created stay not created.
       - V(absent) destroys every machine that exists (C(vagrant destroy --force)).
       - V(provisioned) makes machines running and provisioned at least once, using Vagrant's own provision
         sentinel (C(.vagrant/machines/NAME/PROVIDER/action_provision)). Machines not running get
@@ -63,6 +65,7 @@ options:
   timeout:
     description:
       - Maximum seconds for each C(vagrant) command (via coreutils C(timeout)); V(0) means no limit.
+      - Must not be negative.
     type: int
     default: 0
   vagrant_home:
@@ -170,8 +173,10 @@ from ansible_collections.travis.worker.plugins.module_utils.vagrant import (
     runner_from_module,
 )
 
-# States `vagrant halt` changes (a saved or frozen machine still holds memory state).
-HALTABLE_STATES = frozenset({"running", "saved", "frozen", "paused"})
+# States `vagrant halt` changes (a saved or frozen machine still holds memory state). `gurumeditation` is a
+# VirtualBox VM stopped by an internal error but still holding its session; Vagrant's ForcedHalt powers it
+# off (plugins/providers/virtualbox/action/forced_halt.rb).
+HALTABLE_STATES = frozenset({"running", "saved", "frozen", "paused", "gurumeditation"})
 
 
 def is_provisioned(project_dir: str, machine: Machine) -> bool:
@@ -281,6 +286,11 @@ def main() -> None:
         supports_check_mode=True,
     )
     p = module.params
+    if p["timeout"] < 0:
+        module.fail_json(
+            msg=f"timeout must be >= 0 seconds (0 means no limit), got {p['timeout']}",
+            error_kind="bad_arguments",
+        )
     project_dir = p["project_dir"]
     if not os.path.isfile(os.path.join(project_dir, "Vagrantfile")):
         module.fail_json(
@@ -322,7 +332,7 @@ def run(module, runner, result: dict) -> None:
         for m in machines:
             predicted[m.name] = m._replace(state=predicted_state(action, m))
     result["changed"] = bool(steps)
-    result["changed_machines"] = list(dict.fromkeys(m.name for _, ms in steps for m in ms))
+    result["changed_machines"] = list(dict.fromkeys(m.name for _action, ms in steps for m in ms))
     runner.dry_run = module.check_mode
     for action, machines in steps:
         result["commands"].append(execute(runner, module, action, machines))

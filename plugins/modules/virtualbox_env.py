@@ -1,7 +1,8 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
 # Copyright: travis.worker developers
-# MIT License (see LICENSE)
+# MIT License (see LICENSE or https://opensource.org/license/mit)
+# SPDX-License-Identifier: MIT
 
 from __future__ import annotations
 
@@ -17,12 +18,18 @@ description:
     (C(~/VirtualBox VMs)) and the worker project's C(.vagrant) directory.
   - A reset only happens with O(confirm=true); without it the task fails and lists what it would remove.
     It refuses while worker services (C(travis-worker@*.service)) are running, and names them.
-  - O(state=clean) removes only broken worker VMs, without confirmation - registrations listed as
-    C(<inaccessible>), registered VMs whose folder or settings file is gone, and (with O(project_dir)) worker
-    VMs that no machine of the project's C(.vagrant) refers to. Running VMs are never removed by C(clean).
-  - Only VMs whose names start with O(prefix) are touched unless O(all_vms=true).
+  - O(state=clean) removes only broken worker VMs - registrations listed as C(<inaccessible>), registered
+    VMs whose folder or settings file is gone, and (with O(project_dir)) worker VMs that no machine of the
+    project's C(.vagrant) refers to. Running VMs are never removed by C(clean).
+  - O(state=clean) needs no confirmation, except when O(project_dir) has no C(.vagrant/machines) with a
+    VirtualBox id (a typo, E(VAGRANT_DOTFILE_PATH) elsewhere, an earlier reset) - then every halted worker VM
+    would count as orphaned, so the task fails and lists them unless O(confirm=true).
+  - After powering a VM off, C(unregistervm) is retried (3 attempts, 1 second apart, as Vagrant's VirtualBox
+    driver does) while VirtualBox still reports the VM locked by the closing session.
+  - Only VMs whose names start with O(prefix) are touched unless O(all_vms=true). An empty O(prefix) is
+    refused (it would match every VM of the user); use O(all_vms=true) to mean that.
 author:
-  - travis.worker developers
+  - travis.worker developers (@travis-ci)
 options:
   state:
     description: C(reset) wipes all worker VMs and state; C(clean) only inaccessible/orphaned worker VMs.
@@ -30,15 +37,19 @@ options:
     required: true
     choices: [reset, clean]
   confirm:
-    description: Must be true for O(state=reset) to remove anything (check mode previews without it).
+    description:
+      - Must be true for O(state=reset) to remove anything (check mode previews without it).
+      - Also needed for O(state=clean) when O(project_dir) has no C(.vagrant/machines) state.
     type: bool
     default: false
   all_vms:
-    description: Act on every VM of the user, not only those whose name starts with O(prefix).
+    description:
+      - Act on every VM of the user, not only those whose name starts with O(prefix).
+      - Mutually exclusive with O(prefix).
     type: bool
     default: false
   prefix:
-    description: Name prefix of the worker VMs (and their folders in the machine folder).
+    description: Name prefix of the worker VMs (and their folders in the machine folder); must not be empty.
     type: str
     default: travis-
   project_dir:
@@ -60,6 +71,15 @@ options:
     type: path
 requirements:
   - VirtualBox (VBoxManage) on the target
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+  platform:
+    platforms: posix
 notes:
   - Check mode returns what would be removed and needs no O(confirm).
   - Diff mode shows the registered VMs, the folders and the C(.vagrant) directory before and after.
@@ -128,7 +148,9 @@ machine_folder:
 """
 
 import os
+import pwd
 import shutil
+import time
 import traceback
 from typing import Any, Optional
 
@@ -141,6 +163,12 @@ from ansible_collections.travis.worker.plugins.module_utils.vboxmanage import (
     VBoxManageError,
     VmEntry,
 )
+
+
+# unregistervm right after controlvm poweroff may find the VM still locked by the closing session:
+# retry like Vagrant's VirtualBox driver (driver/base.rb execute(retryable: true): 3 tries, 1 s apart).
+UNREGISTER_TRIES = 3
+UNREGISTER_DELAY = 1.0
 
 
 def vagrant_ids(project_dir: Optional[str]) -> set[str]:
@@ -173,7 +201,9 @@ class Environment:
         if self.params["machine_folder"]:
             return self.params["machine_folder"]
         folder = self.vbox.default_machine_folder()
-        return folder or os.path.expanduser("~/VirtualBox VMs")
+        # VirtualBox's own default: "VirtualBox VMs" in the home of its user (RTPathUserHome: $HOME first)
+        home = os.environ.get("HOME") or pwd.getpwuid(os.getuid()).pw_dir
+        return folder or os.path.join(home, "VirtualBox VMs")
 
     def matches(self, name: str) -> bool:
         return self.all_vms or name.startswith(self.prefix)
@@ -200,7 +230,9 @@ class Environment:
             info = {}
         cfg = info.get("CfgFile", "")
         entry["vm_state"] = info.get("VMState", "unknown")
-        if vm.inaccessible or info.get("accessible") == "off" or info.get("name") == INACCESSIBLE:
+        # VBoxManageInfo.cpp prints only name="<inaccessible>" and UUID= for an inaccessible VM (no
+        # accessibility key); the human form is the one that names its settings file.
+        if vm.inaccessible or info.get("name") == INACCESSIBLE:
             entry["inaccessible"] = True
             cfg = cfg or self.vbox.config_file(vm.uuid) or ""
         entry["cfg_file"] = cfg
@@ -218,7 +250,7 @@ class Environment:
         return vms, running
 
     def plan_reset(self, folder: str) -> dict[str, Any]:
-        vms, _ = self.inventory()
+        vms, _running = self.inventory()
         chosen = [vm for vm in vms if self.matches(vm["label"])]
         folders = []
         if os.path.isdir(folder):
@@ -239,7 +271,7 @@ class Environment:
         }
 
     def plan_clean(self, folder: str) -> dict[str, Any]:
-        vms, _ = self.inventory()
+        vms, _running = self.inventory()
         known = vagrant_ids(self.params["project_dir"])
         chosen, skipped = [], []
         for vm in vms:
@@ -276,14 +308,55 @@ class Environment:
             return powered_off
         for vm in plan["vms"]:
             # An inaccessible VM has no files VirtualBox could delete: --delete would fail on it.
-            self.vbox.unregister(vm["uuid"], delete=not vm["inaccessible"])
+            self.unregister(vm["uuid"], delete=not vm["inaccessible"])
         for path in plan["folders"] + plan["vagrant_dirs"]:
             if os.path.lexists(path):
                 shutil.rmtree(path)
         return powered_off
 
+    def unregister(self, uuid: str, delete: bool) -> None:
+        """Unregister, retrying (bounded) while the VM is still locked by a session being closed."""
+        for attempt in range(1, UNREGISTER_TRIES + 1):
+            try:
+                self.vbox.unregister(uuid, delete=delete)
+                return
+            except VBoxManageError as exc:
+                if not exc.locked or attempt == UNREGISTER_TRIES:
+                    if exc.locked:
+                        exc.message += f" (still locked after {UNREGISTER_TRIES} attempts)"
+                    raise
+            time.sleep(UNREGISTER_DELAY)
+
+    def refuse_unanchored_clean(self, plan: dict[str, Any]) -> None:
+        """state=clean without any .vagrant id to compare with would call every halted worker VM an orphan."""
+        project = self.params["project_dir"]
+        if not project or vagrant_ids(project):
+            return
+        orphans = [vm for vm in plan["vms"] if vm["reason"] == "not in project"]
+        if not orphans or self.params["confirm"]:
+            return
+        names = ", ".join(f"{vm['label']} {{{vm['uuid']}}}" for vm in orphans)
+        text = (
+            f"{project} has no .vagrant/machines/*/virtualbox/id (wrong project_dir, VAGRANT_DOTFILE_PATH "
+            f"elsewhere, or an earlier reset), so state=clean would remove every halted worker VM: {names}"
+        )
+        if self.module.check_mode:
+            self.module.warn(text + " — a real run needs confirm: true")
+            return
+        self.module.fail_json(
+            msg=text + " — check project_dir; set confirm: true to remove them anyway",
+            removed={
+                "vms": [{"name": vm["label"], "uuid": vm["uuid"], "reason": vm["reason"]} for vm in orphans]
+            },
+        )
+
     def run(self) -> dict[str, Any]:
         state = self.params["state"]
+        if not self.all_vms and not self.prefix:
+            self.module.fail_json(
+                msg="prefix is empty, which matches every VM of this user; set the worker VMs' prefix "
+                "(default travis-), or all_vms: true if every VM is really meant"
+            )
         if state == "reset":
             running = self.running_workers()
             if running:
@@ -299,6 +372,7 @@ class Environment:
         else:
             folder = self.machine_folder()
             plan = self.plan_clean(folder)
+            self.refuse_unanchored_clean(plan)
         removed = {
             "vms": [{"name": vm["label"], "uuid": vm["uuid"], "reason": vm["reason"]} for vm in plan["vms"]],
             "folders": plan["folders"],
@@ -374,6 +448,7 @@ def main() -> None:
             "unit_prefix": {"type": "str", "default": "travis-worker"},
             "vboxmanage": {"type": "path"},
         },
+        mutually_exclusive=[("all_vms", "prefix")],
         supports_check_mode=True,
     )
     try:

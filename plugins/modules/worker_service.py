@@ -1,7 +1,8 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
 # Copyright: travis.worker developers
-# MIT License (see LICENSE)
+# MIT License (see LICENSE or https://opensource.org/license/mit)
+# SPDX-License-Identifier: MIT
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ description:
   - The unit must allow a long stop (C(TimeoutStopSec) at least O(timeout), or C(infinity)), otherwise systemd
     itself kills the runner before the job is done.
 author:
-  - travis.worker developers
+  - travis.worker developers (@travis-ci)
 options:
   name:
     description:
@@ -55,7 +56,7 @@ options:
         is requeued). Must not exceed O(timeout). Not allowed with O(state=drained).
     type: int
   poll_interval:
-    description: Seconds between two state reads while waiting.
+    description: Seconds between two state reads while waiting; must be greater than 0.
     type: float
     default: 2.0
   redis_url:
@@ -74,6 +75,15 @@ options:
 requirements:
   - systemd on the target
   - the Python C(redis) library on the target for job-aware waiting (optional)
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+  platform:
+    platforms: posix
 notes:
   - Check mode reports which workers would change and whether they are busy now, without signalling anything.
   - Diff mode shows each instance's unit state before and after.
@@ -322,7 +332,7 @@ class WorkerService:
         return [unit_for(n, self.prefix) for n in names]
 
     def snapshot(self, targets: list[tuple[str, str]]) -> dict[str, dict[str, str]]:
-        return self.systemctl.show([unit for _, unit in targets])
+        return self.systemctl.show([unit for _name, unit in targets])
 
     def wants_change(self, active: str) -> bool:
         state = self.params["state"]
@@ -350,7 +360,7 @@ class WorkerService:
                 "msg": f"no {self.prefix}@*.service instances are known to systemd",
             }
         props = self.snapshot(targets)
-        missing = [unit for _, unit in targets if props[unit].get("LoadState") != "loaded"]
+        missing = [unit for _name, unit in targets if props[unit].get("LoadState") != "loaded"]
         if missing:
             self.module.fail_json(
                 msg=(
@@ -492,6 +502,8 @@ def main() -> None:
     params = module.params
     if params["timeout"] < 0:
         module.fail_json(msg=f"timeout must be >= 0 seconds, got {params['timeout']}")
+    if params["poll_interval"] <= 0:
+        module.fail_json(msg=f"poll_interval must be > 0 seconds, got {params['poll_interval']}")
     if params["force_after"] is not None:
         if params["state"] == "drained":
             module.fail_json(

@@ -211,6 +211,14 @@ def test_box_add_remove_checksum_force(tmp_path, twt_vagrant_home):
     _, versioned = converge("vagrant_box", dict(base, src=str(box1), version="1.2.3"), tmp_path)
     assert versioned["added"] == [{"name": name, "provider": "lxc", "version": "1.2.3"}]
     assert sorted(b["version"] for b in versioned["boxes"] if b["name"] == name) == ["0", "1.2.3"]
+    record_123 = record_file.parents[2] / "1.2.3" / "lxc" / "travis-worker-box.json"
+    before_123 = record_123.read_text()
+
+    # force + checksum without version, two versions installed: v0 comes from box2, so nothing to do, and
+    # the record of 1.2.3 (box1) is not touched.
+    again = run_task("vagrant_box", dict(base, src=str(box2), checksum=sha2, force=True), tmp_path)
+    assert again["changed"] is False and again["commands"] == [], again
+    assert record_123.read_text() == before_123
 
     _, removed = converge("vagrant_box", dict(base, state="absent"), tmp_path)
     assert sorted(b["version"] for b in removed["removed"]) == ["0", "1.2.3"]

@@ -1,5 +1,6 @@
 """box_export: LXC export by our own code (real tar on a fake rootfs), VirtualBox via
-`vagrant package --base`, digest idempotence, check mode and diff, operator errors."""
+`vagrant package NAME` (or `--base` with the machine's key shipped), digest idempotence, check mode and diff,
+operator errors."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import subprocess
 import tarfile
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 from ansible_collections.travis.worker.plugins.modules import box_export
@@ -282,7 +284,10 @@ def vbox(tmp_path: Path) -> dict[str, Any]:
     return {"args": args, "tmp": str(out / f".travis.box.{os.getpid()}.tmp"), "out": out}
 
 
-def test_virtualbox_package_base_halts_and_restarts(run_module, vbox) -> None:
+def test_virtualbox_packages_the_project_machine_halts_and_restarts(run_module, vbox) -> None:
+    """`vagrant package base`, not `--base UUID`: only a machine of the project has the data dir from which
+    Vagrant ships the key it generated (lib/vagrant/action/general/package.rb#setup_private_key)."""
+
     def make_box(kwargs: dict) -> None:
         assert kwargs["environ_update"]["VAGRANT_CWD"] == vbox["args"]["project_dir"]
         Path(vbox["tmp"]).write_bytes(b"box-bytes")
@@ -291,7 +296,7 @@ def test_virtualbox_package_base_halts_and_restarts(run_module, vbox) -> None:
         call(["/usr/bin/vagrant", "status", "base", "--machine-readable"], stdout=VBOX_STATUS_RUNNING),
         call(["/usr/bin/vagrant", "halt", "base", "--machine-readable"]),
         call(
-            ["/usr/bin/vagrant", "package", "--base", UUID, "--output", vbox["tmp"], "--machine-readable"],
+            ["/usr/bin/vagrant", "package", "base", "--output", vbox["tmp"], "--machine-readable"],
             stdout=VBOX_PACKAGE.format(out=vbox["tmp"]),
             check=make_box,
         ),
@@ -315,7 +320,7 @@ def test_virtualbox_locked_fails_but_starts_machine_again(run_module, vbox) -> N
         call(["/usr/bin/vagrant", "status", "base", "--machine-readable"], stdout=VBOX_STATUS_RUNNING),
         call(["/usr/bin/vagrant", "halt", "base", "--machine-readable"]),
         call(
-            ["/usr/bin/vagrant", "package", "--base", UUID, "--output", vbox["tmp"], "--machine-readable"],
+            ["/usr/bin/vagrant", "package", "base", "--output", vbox["tmp"], "--machine-readable"],
             rc=1,
             stdout=VBOX_PACKAGE_LOCKED,
         ),
@@ -325,6 +330,76 @@ def test_virtualbox_locked_fails_but_starts_machine_again(run_module, vbox) -> N
     assert result["failed"] is True and result["error_kind"] == "machine_locked"
     assert "locked" in result["msg"] and result["rc"] == 1
     assert not (vbox["out"] / "travis.box").exists() and not Path(vbox["tmp"]).exists()
+
+
+def test_virtualbox_base_ships_the_generated_key(run_module, vbox, tmp_path: Path) -> None:
+    """With `base`, Vagrant packages a VM without the project's data dir and ships no key; the module ships
+    the machine's generated private_key as --include plus a Vagrantfile pointing at it."""
+    machine = Path(vbox["args"]["project_dir"]) / ".vagrant/machines/base/virtualbox"
+    (machine / "private_key").write_text(
+        "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n-----END OPENSSH PRIVATE KEY-----\n"
+    )
+    seen: dict[str, str] = {}
+
+    def package(kwargs: dict) -> None:
+        argv = kwargs["argv"]
+        key, vagrantfile = argv[argv.index("--include") + 1], argv[argv.index("--vagrantfile") + 1]
+        seen["key"] = Path(key).read_text()
+        seen["vagrantfile"] = Path(vagrantfile).read_text()
+        assert os.path.basename(key) == "vagrant_private_key" and Path(key).stat().st_mode & 0o077 == 0
+        Path(vbox["tmp"]).write_bytes(b"box")
+
+    status = VBOX_STATUS_RUNNING.replace("state,running", "state,poweroff").replace(
+        "short,running", "short,poweroff"
+    )
+    calls = [
+        call(["/usr/bin/vagrant", "status", "base", "--machine-readable"], stdout=status),
+        call(
+            [
+                "/usr/bin/vagrant",
+                "package",
+                "--base",
+                "base-vm",
+                "--output",
+                vbox["tmp"],
+                "--include",
+                ANY,
+                "--vagrantfile",
+                ANY,
+                "--machine-readable",
+            ],
+            check=package,
+        ),
+    ]
+    result = run_module(box_export.main, dict(vbox["args"], base="base-vm"), calls)
+    assert result["changed"] is True, result
+    assert seen["key"].startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
+    assert (
+        'config.ssh.private_key_path = File.expand_path("../vagrant_private_key", __FILE__)'
+        in seen["vagrantfile"]
+    )
+    assert not list((vbox["out"]).glob(".box_export-*"))  # the staging directory is removed
+
+
+def test_same_size_but_different_box_is_exported_again(run_module, vbox) -> None:
+    """The intact-box check compares the sha256 too, not only the size."""
+    box = vbox["out"] / "travis.box"
+    box.write_bytes(b"box-bytes")
+    meta = {"digest": "d1", "size": 9, "sha256": hashlib.sha256(b"box-bytes").hexdigest()}
+    Path(str(box) + ".json").write_text(json.dumps(meta))
+    status = call(["/usr/bin/vagrant", "status", "base", "--machine-readable"], stdout=VBOX_STATUS_RUNNING)
+    assert run_module(box_export.main, vbox["args"], [], check_mode=True)["changed"] is False
+    box.write_bytes(b"box-bytez")  # same size, other content
+    assert run_module(box_export.main, vbox["args"], [status], check_mode=True)["changed"] is True
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [({"timeout": -1}, "timeout must be >= 0"), ({"base": "vm", "insecure_key": "/k"}, "mutually exclusive")],
+)
+def test_bad_arguments_fail_before_anything_runs(run_module, vbox, extra, needle) -> None:
+    result = run_module(box_export.main, dict(vbox["args"], **extra), [])
+    assert result["failed"] is True and needle in result["msg"]
 
 
 def test_vagrant_missing(run_module, vbox) -> None:

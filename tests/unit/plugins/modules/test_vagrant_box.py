@@ -10,7 +10,7 @@ from unittest.mock import ANY
 
 import pytest
 from ansible_collections.travis.worker.plugins.modules import vagrant_box
-from module_harness import call
+from module_harness import call, recorded
 
 V = "/usr/bin/vagrant"
 MR = "--machine-readable"
@@ -276,3 +276,103 @@ def test_corrupt_box_recorded(run_module, home, tmp_path):
     )
     assert result["error_kind"] == "box_corrupt"
     assert "twt-junk/x" in result["msg"] and "Unrecognized archive format" in result["msg"]
+
+
+FOCAL = "travis/worker-focal"
+
+
+def _focal_record(home: Path, version: str, digest: str) -> Path:
+    directory = box_dir(home, FOCAL, version, "virtualbox")
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "travis-worker-box.json"
+    path.write_text(json.dumps({"src": f"/srv/focal-{version}.box", "checksums": {"sha256": digest}}))
+    return path
+
+
+def test_force_checksum_without_version_is_satisfied_by_the_version_from_this_file(run_module, home, boxfile):
+    """Several versions installed, no `version`: the one added from this file (recorded checksum) is enough;
+    the other versions are not 'replaced' (and their records not touched)."""
+    digest = sha256(boxfile)
+    _focal_record(home, "2.1.0", "0" * 64)
+    _focal_record(home, "2.2.0", digest)
+    args = {"name": FOCAL, "src": str(boxfile), "provider": "virtualbox", "checksum": digest, "force": True}
+    result = run_module(
+        vagrant_box.main, dict(args, vagrant_home=str(home)), [box_list("vbox234_box_list_focal_2_versions")]
+    )
+    assert result["changed"] is False and result["commands"] == []
+    assert result["record"]["checksums"]["sha256"] == digest
+
+
+def test_force_checksum_without_version_records_only_the_added_box(run_module, home, boxfile):
+    """No installed version comes from this file: `vagrant box add --force` adds it as v0 (Vagrant's
+    add_direct); the record goes to v0 only, the others keep theirs, and a rerun changes nothing."""
+    digest = sha256(boxfile)
+    older = _focal_record(home, "2.1.0", "1" * 64)
+    newer = _focal_record(home, "2.2.0", "2" * 64)
+    before = {older: older.read_text(), newer: newer.read_text()}
+    args = {"name": FOCAL, "src": str(boxfile), "provider": "virtualbox", "checksum": digest, "force": True}
+    args["vagrant_home"] = str(home)
+    rec = recorded("vagrant/vbox234_box_add_focal_file_force")
+    argv = [V, "box", "add", "--name", FOCAL, "--provider", "virtualbox", "--checksum", digest]
+    argv += ["--checksum-type", "sha256", "--force", str(boxfile), MR]
+    result = run_module(
+        vagrant_box.main,
+        args,
+        [
+            box_list("vbox234_box_list_focal_2_versions"),
+            call(
+                argv,
+                stdout=rec["stdout"].replace("BOXFILE", str(boxfile)),
+                check=unpack(home, FOCAL, "0", "virtualbox"),
+            ),
+            box_list("vbox234_box_list_focal_3_versions"),
+        ],
+    )
+    assert result["changed"] is True
+    assert result["added"] == [{"name": FOCAL, "provider": "virtualbox", "version": "0"}]
+    added = json.loads((box_dir(home, FOCAL, "0", "virtualbox") / "travis-worker-box.json").read_text())
+    assert added["checksums"]["sha256"] == digest
+    assert {path: path.read_text() for path in before} == before  # other versions' records untouched
+    rerun = run_module(vagrant_box.main, args, [box_list("vbox234_box_list_focal_3_versions")])
+    assert rerun["changed"] is False and rerun["commands"] == []
+
+
+def test_absent_passes_all_architectures_for_vagrant_24_duplicates(run_module, home):
+    """Vagrant 2.4 lists a version once per architecture: one `box remove` with --all-architectures, not two
+    that fail with BoxRemoveMultiArchitecture."""
+    args = {"name": JAMMY, "state": "absent", "vagrant_home": str(home)}
+    rm = [
+        V,
+        "box",
+        "remove",
+        JAMMY,
+        "--provider",
+        "virtualbox",
+        "--box-version",
+        "1.0.0",
+        "--all-architectures",
+        MR,
+    ]
+    check = run_module(
+        vagrant_box.main,
+        args,
+        [box_list("vbox249_box_list_jammy_two_architectures")],
+        check_mode=True,
+        diff=True,
+    )
+    assert check["commands"] == [rm]
+    assert check["diff"]["before"] == f"{JAMMY} (virtualbox, 1.0.0)\n"
+    result = run_module(
+        vagrant_box.main,
+        args,
+        [box_list("vbox249_box_list_jammy_two_architectures"), call(rm), box_list("lxc_box_list_empty")],
+    )
+    assert result["changed"] is True and result["boxes"] == []
+
+
+def test_absent_vagrant_23_list_passes_no_architecture_flag(run_module, home):
+    args = {"name": FOCAL, "state": "absent", "vagrant_home": str(home)}
+    result = run_module(
+        vagrant_box.main, args, [box_list("vbox234_box_list_focal_2_versions")], check_mode=True
+    )
+    assert not any("--all-architectures" in cmd for cmd in result["commands"])

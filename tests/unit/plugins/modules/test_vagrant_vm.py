@@ -374,3 +374,36 @@ def test_lxc_recorded_lifecycle_halt_provision_destroy(run_module, project):
     )
     assert destroy["changed"] is True
     assert {m["name"]: m["state"] for m in destroy["machines"]}["worker-3"] == "not_created"
+
+
+def test_halted_powers_off_a_vm_in_guru_meditation(run_module, project):
+    """A VirtualBox VM in `gurumeditation` holds its session: `vagrant halt` forces it off (ForcedHalt);
+    state=halted must do that, not report it unchanged."""
+    args = {"project_dir": str(project), "name": "worker-2", "state": "halted"}
+    check = run_module(
+        vagrant_vm.main,
+        args,
+        [status("vbox234_status_worker2_gurumeditation", ["worker-2"])],
+        check_mode=True,
+    )
+    assert check["changed"] is True and states(check) == {"worker-2": "poweroff"}
+    result = run_module(
+        vagrant_vm.main,
+        args,
+        [
+            status("vbox234_status_worker2_gurumeditation", ["worker-2"]),
+            call([V, "halt", "worker-2", MR], fixture="vagrant/vbox234_halt_worker2_gurumeditation"),
+            status("vbox234_status_worker2_poweroff", ["worker-2"]),
+        ],
+        diff=True,
+    )
+    assert result["changed"] is True and result["changed_machines"] == ["worker-2"]
+    assert result["diff"] == {
+        "before": "worker-2: gurumeditation (virtualbox)\n",
+        "after": "worker-2: poweroff (virtualbox)\n",
+    }
+
+
+def test_negative_timeout_is_refused(run_module, project):
+    result = run_module(vagrant_vm.main, {"project_dir": str(project), "timeout": -5}, [])
+    assert result["failed"] is True and "timeout must be >= 0" in result["msg"]

@@ -147,18 +147,106 @@ def test_reset_refuses_while_workers_run(run_module, env) -> None:
     assert result["running_services"] == ["travis-worker@worker-1.service"]
 
 
-def test_reset_locked_vm_fails_with_rc_and_stderr(run_module, env) -> None:
+@pytest.fixture
+def sleeps(monkeypatch) -> list[float]:
+    """The module's waits between unregister attempts, recorded instead of slept."""
+    waited: list[float] = []
+    monkeypatch.setattr(virtualbox_env.time, "sleep", waited.append)
+    return waited
+
+
+def test_reset_locked_vm_fails_with_rc_and_stderr(run_module, env, sleeps) -> None:
+    calls = [
+        no_workers(),
+        *inventory(env["folder"]),
+        vb("controlvm_poweroff", env["folder"]),
+        *[vb("unregistervm_locked", env["folder"]) for _ in range(virtualbox_env.UNREGISTER_TRIES)],
+    ]
+    result = run_module(virtualbox_env.main, args(env, state="reset", confirm=True), calls)
+    assert result["failed"] is True and result["rc"] == 1
+    assert U1 in result["msg"] and "locked" in result["msg"] and "rerun" in result["msg"]
+    assert "after 3 attempts" in result["msg"]
+    assert "VBOX_E_INVALID_OBJECT_STATE" in result["stderr"]
+    assert sleeps == [1.0, 1.0]  # bounded: 3 attempts, 1 s apart, as Vagrant's driver
+    assert (env["folder"] / "travis-worker-2").is_dir()  # stopped at the first failure
+
+
+def test_unregister_after_poweroff_is_retried_while_the_session_closes(run_module, env, sleeps) -> None:
+    """VirtualBox releases the session lock a moment after `controlvm poweroff`: the first unregistervm
+    may still find the VM locked; a retry 1 s later succeeds (Vagrant: driver/base.rb retryable)."""
     calls = [
         no_workers(),
         *inventory(env["folder"]),
         vb("controlvm_poweroff", env["folder"]),
         vb("unregistervm_locked", env["folder"]),
+        call([VBOX, "unregistervm", U1, "--delete"], fixture="vboxmanage/unregistervm_ok"),
+        vb("unregistervm_ok", env["folder"]),
+        call([VBOX, "unregistervm", U3]),
     ]
     result = run_module(virtualbox_env.main, args(env, state="reset", confirm=True), calls)
-    assert result["failed"] is True and result["rc"] == 1
-    assert U1 in result["msg"] and "locked" in result["msg"] and "rerun" in result["msg"]
-    assert "VBOX_E_INVALID_OBJECT_STATE" in result["stderr"]
-    assert (env["folder"] / "travis-worker-2").is_dir()  # stopped at the first failure
+    assert result.get("failed") is not True, result
+    assert result["changed"] is True and sleeps == [1.0]
+    assert not (env["folder"] / "travis-worker-1").exists()
+
+
+def test_unregister_other_errors_are_not_retried(run_module, env, sleeps) -> None:
+    calls = [
+        *inventory(env["folder"]),
+        vb("unregistervm_ok", env["folder"], rc=1),
+    ]
+    calls[-1].stderr = "VBoxManage: error: Could not find a registered machine with UUID {" + U2 + "}\n"
+    result = run_module(virtualbox_env.main, args(env, state="clean"), calls)
+    assert result["failed"] is True and sleeps == []
+
+
+def test_clean_without_vagrant_state_refuses_to_treat_every_vm_as_orphan(run_module, env, tmp_path) -> None:
+    """A project_dir without .vagrant/machines (typo, VAGRANT_DOTFILE_PATH, an earlier reset) would make
+    every halted worker VM 'not in project': clean then needs the same confirmation as reset."""
+    empty = tmp_path / "typo"
+    empty.mkdir()
+    result = run_module(
+        virtualbox_env.main, args(env, state="clean", project_dir=str(empty)), inventory(env["folder"])
+    )
+    assert result["failed"] is True
+    assert (
+        "travis-worker-2" in result["msg"]
+        and "confirm: true" in result["msg"]
+        and ".vagrant" in result["msg"]
+    )
+    assert (env["folder"] / "travis-worker-2").is_dir()
+
+
+def test_clean_without_vagrant_state_check_mode_warns(run_module, env, tmp_path) -> None:
+    result = run_module(
+        virtualbox_env.main,
+        args(env, state="clean", project_dir=str(tmp_path / "typo")),
+        inventory(env["folder"]),
+        check_mode=True,
+    )
+    assert result["changed"] is True
+    assert any("confirm: true" in w for w in result["_warnings"])
+
+
+def test_clean_without_vagrant_state_with_confirm_removes(run_module, env, tmp_path) -> None:
+    calls = [
+        *inventory(env["folder"]),
+        vb("unregistervm_ok", env["folder"]),
+        call([VBOX, "unregistervm", U3]),
+    ]
+    result = run_module(
+        virtualbox_env.main, args(env, state="clean", project_dir=str(tmp_path / "typo"), confirm=True), calls
+    )
+    assert [v["name"] for v in result["removed"]["vms"]] == ["travis-worker-2", "travis-worker-3"]
+
+
+def test_empty_prefix_is_refused(run_module, env) -> None:
+    result = run_module(virtualbox_env.main, args(env, state="clean", prefix=""), [])
+    assert result["failed"] is True and "prefix is empty" in result["msg"] and "all_vms" in result["msg"]
+
+
+def test_all_vms_and_prefix_are_mutually_exclusive(run_module, env) -> None:
+    result = run_module(virtualbox_env.main, args(env, state="clean", prefix="ci-", all_vms=True), [])
+    assert result["failed"] is True and "mutually exclusive" in result["msg"]
 
 
 def test_clean_removes_inaccessible_and_unreferenced_only(run_module, env) -> None:

@@ -335,3 +335,12 @@ def test_forced_job_missing_from_queues_is_not_reported_requeued(run_module, fak
     ]
     (w1,) = run_module(worker_service.main, args, calls)["workers"]
     assert w1["forced"] is True and w1["requeued"] is False and w1["requeued_to"] is None
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [({"timeout": -1}, "timeout must be >= 0"), ({"poll_interval": 0}, "poll_interval must be > 0")],
+)
+def test_bad_numbers_fail_before_anything_runs(run_module, extra, needle) -> None:
+    result = run_module(worker_service.main, {"name": ["worker-1"], "state": "stopped", **extra}, [])
+    assert result["failed"] is True and needle in result["msg"]
