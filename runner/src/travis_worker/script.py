@@ -162,7 +162,8 @@ def _exports(job: Job) -> list[str]:
 
 def secure_values(job: Job, git_base_url: str) -> list[str]:
     """What must never appear in the build log: secure env values and the clone URL's user info."""
-    values = [value for _, value, secure in repository_env(job.payload) + env_settings(job.config) if secure]
+    settings = repository_env(job.payload) + env_settings(job.config)
+    values = [value for _name, value, secure in settings if secure]
     return values + url_secrets(clone_url(job, git_base_url))
 
 

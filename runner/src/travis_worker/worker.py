@@ -170,7 +170,7 @@ class Worker:
                     pipe.sadd(self.keys.workers, self.id)
                     pipe.sadd(self.keys.ours, self.id)
                     self._write_state(pipe)
-                    created, _, _, state_created = pipe.execute()[:4]
+                    created, _in_workers, _in_ours, state_created = pipe.execute()[:4]
                 if created and beats > 0 and self._was_reaped(bool(state_created)):
                     log.error("this worker had been reaped as dead (heartbeat too old); registered again")
                     self._abort_current("this worker was reaped as dead; the job was requeued by the reaper")
