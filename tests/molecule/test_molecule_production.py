@@ -1,5 +1,5 @@
-"""Molecule scenario `production`: the production inventory (VirtualBox provider) on a Debian 12 box with a local
-signed apt repository of stand-in packages; check mode, preflight, converge, idempotence, testinfra."""
+"""Molecule scenario `production`: the production inventory (VirtualBox provider) on a Debian 12 box with a
+local signed apt repository of stand-in packages; check mode, preflight, converge, idempotence, testinfra."""
 
 from __future__ import annotations
 
