@@ -75,7 +75,8 @@ def test_lucid_probe_stops_with_one_line(tmp_path: Path) -> None:
     assert rc == 2
     assert (
         "box: localhost runs Ubuntu 10.04 (kernel 2.6.32-38-generic-pae i686, Python 2.6.5); supported are "
-        "debian 12, ubuntu 22.04, ubuntu 24.04 with Python >= 3.8 (ansible-core 2.19's minimum on targets): "
+        "debian 12, ubuntu 22.04, ubuntu 24.04 on x86_64 with Python >= 3.8 (ansible-core 2.19's minimum on "
+        "targets): "
         "rebuild the box on a supported release - nothing was changed on it." in out
     )
 
@@ -86,6 +87,10 @@ def test_lucid_probe_stops_with_one_line(tmp_path: Path) -> None:
         (
             "os=debian 11\nkernel=5.10.0-30-amd64 x86_64\npython=3.9.2\n",
             "debian 11 (kernel 5.10.0-30-amd64 x86_64, Python 3.9.2)",
+        ),
+        (
+            "os=ubuntu 24.04\nkernel=6.8.0-1015-aws aarch64\npython=3.12.3\n",
+            "ubuntu 24.04 (kernel 6.8.0-1015-aws aarch64, Python 3.12.3)",
         ),
         (
             "os=ubuntu 24.04\nkernel=6.8.0-41-generic x86_64\n",
