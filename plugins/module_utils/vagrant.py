@@ -343,6 +343,18 @@ def classify(rc, stdout: str, stderr: str, cmd, machine=None, box=None) -> Vagra
             "(e.g. 'vagrant plugin install vagrant-lxc' or the vagrant-lxc package) or fix 'provider'. "
             f"Vagrant said: {detail}",
         )
+    if "not supported by this version of Vagrant" in text:
+        supported = re.search(
+            r"use Vagrant:\s*((?:\d+\.\d+(?:, |%!\(VAGRANT_COMMA\) )?)+)", text.replace("\\n", "\n")
+        )
+        listed = supported.group(1).replace("%!(VAGRANT_COMMA)", ",").strip() if supported else "see below"
+        return err(
+            "provider_unusable",
+            f"{what}: this Vagrant cannot drive the installed VirtualBox (its driver map lists {listed}); "
+            "install a Vagrant that lists that VirtualBox (VirtualBox 7.1 needs Vagrant >= 2.4.2: in the "
+            "travis.worker.vagrant role vagrant_source: hashicorp with vagrant_version) - reinstalling "
+            f"VirtualBox does not help. Vagrant said: {detail}",
+        )
     if cls == "Vagrant::Errors::ProviderNotUsable":
         return err(
             "provider_unusable",

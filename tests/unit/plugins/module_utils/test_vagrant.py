@@ -94,6 +94,13 @@ def test_parse_ssh_config():
         ("lxc_status_unknown_machine", "unknown_machine", "not defined in the Vagrantfile"),
         ("lxc_up_provider_not_found", "provider_missing", "vagrant plugin install"),
         ("lxc_up_virtualbox_not_usable", "provider_unusable", "install VirtualBox"),
+        (
+            "vbox_up_unsupported_version",
+            "provider_unusable",
+            "this Vagrant cannot drive the installed VirtualBox (its driver map lists 4.0, 4.1, 4.2, 4.3, "
+            "5.0, 5.1, 5.2, 6.0, 6.1, 7.0); install a Vagrant that lists that VirtualBox (VirtualBox 7.1 "
+            "needs Vagrant >= 2.4.2",
+        ),
         ("lxc_up_box_not_found", "box_not_found", "travis.worker.vagrant_box"),
         ("lxc_box_remove_missing", "box_not_found", "twt-nobox/x"),
         ("lxc_box_add_bad_file", "box_corrupt", "Unrecognized archive format"),

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# A local apt repository for the production scenario, signed with a throwaway key made here, in two trees laid
+# out like Oracle's (virtualbox/: dists/<suite>/contrib) and HashiCorp's (hashicorp/: dists/<suite>/main)
+# repositories. It holds STAND-IN packages built with dpkg-deb: `virtualbox-7.1` (a /sbin/vboxconfig and a
+# VBoxManage that only print that they are stand-ins - VirtualBox itself cannot run on these machines: no kernel
+# modules load in the lab) and `vagrant` (a /usr/bin/vagrant that prints its version). Nothing of Oracle's or
+# HashiCorp's is in them; only the repository layout, the package names and version strings are theirs.
+# Usage: aptrepo.sh <out dir> <suite> <virtualbox full version> <vagrant version>
+set -euo pipefail
+out=$1 suite=$2 vbox=$3 vagrant=$4
+vbox_minor=${vbox%.*}
+rm -rf "$out" && mkdir -p "$out"
+export GNUPGHOME="$out/.gnupg"
+mkdir -m 0700 "$GNUPGHOME"
+gpg --batch --quiet --passphrase '' --quick-gen-key "twt throwaway apt key <twt@example.invalid>" ed25519 sign 1d
+gpg --batch --quiet --armor --export > "$out/key.asc"
+
+deb() { # name version arch dir-with-files description
+  local name=$1 version=$2 dir=$3 desc=$4
+  mkdir -p "$dir/DEBIAN"
+  printf 'Package: %s\nVersion: %s\nArchitecture: amd64\nMaintainer: twt <twt@example.invalid>\nDescription: %s\n' \
+    "$name" "$version" "$desc" > "$dir/DEBIAN/control"
+  dpkg-deb --root-owner-group --build "$dir" "$5" >/dev/null
+}
+
+tree() { # repo component deb-path
+  local repo=$1 comp=$2 debfile=$3 d
+  d="$out/$repo/dists/$suite/$comp/binary-amd64"
+  mkdir -p "$d" "$out/$repo/pool"
+  mv "$debfile" "$out/$repo/pool/"
+  (cd "$out/$repo" && dpkg-scanpackages --multiversion pool /dev/null 2>/dev/null > "dists/$suite/$comp/binary-amd64/Packages")
+  gzip -9kn "$d/Packages"
+  (
+    cd "$out/$repo/dists/$suite"
+    printf 'Origin: twt stand-in\nLabel: twt stand-in\nSuite: %s\nCodename: %s\nDate: %s\nArchitectures: amd64\nComponents: %s\n' \
+      "$suite" "$suite" "$(LC_ALL=C date -u '+%a, %d %b %Y %H:%M:%S UTC')" "$comp"
+    echo 'SHA256:'
+    for f in "$comp/binary-amd64/Packages" "$comp/binary-amd64/Packages.gz"; do
+      printf ' %s %s %s\n' "$(sha256sum "$f" | cut -d' ' -f1)" "$(stat -c %s "$f")" "$f"
+    done
+  ) > "$out/$repo/dists/$suite/Release"
+  gpg --batch --quiet --yes --clearsign -o "$out/$repo/dists/$suite/InRelease" "$out/$repo/dists/$suite/Release"
+  gpg --batch --quiet --yes -abs -o "$out/$repo/dists/$suite/Release.gpg" "$out/$repo/dists/$suite/Release"
+  cp "$out/key.asc" "$out/$repo/key.asc"
+}
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+v="$work/vbox"
+mkdir -p "$v/sbin" "$v/usr/bin"
+printf '#!/bin/sh\necho "vboxconfig: stand-in of the test repository, no modules built (VirtualBox cannot run here)"\n' > "$v/sbin/vboxconfig"
+printf '#!/bin/sh\ncase "$1" in --version) echo "%sr0twt";; list) echo "Extension Packs: 0";; *) echo "VBoxManage: stand-in" >&2; exit 1;; esac\n' "$vbox" > "$v/usr/bin/VBoxManage"
+chmod 0755 "$v/sbin/vboxconfig" "$v/usr/bin/VBoxManage"
+deb "virtualbox-$vbox_minor" "$vbox-0twt~Debian~$suite" "$v" "stand-in for Oracle VM VirtualBox $vbox (test repository)" \
+  "$work/virtualbox-${vbox_minor}_${vbox}-0twt_amd64.deb"
+tree virtualbox contrib "$work/virtualbox-${vbox_minor}_${vbox}-0twt_amd64.deb"
+
+g="$work/vagrant"
+mkdir -p "$g/usr/bin"
+printf '#!/bin/sh\necho "Vagrant %s (stand-in of the test repository)"\n' "$vagrant" > "$g/usr/bin/vagrant"
+chmod 0755 "$g/usr/bin/vagrant"
+deb vagrant "$vagrant-1" "$g" "stand-in for HashiCorp Vagrant $vagrant (test repository)" "$work/vagrant_${vagrant}-1_amd64.deb"
+tree hashicorp main "$work/vagrant_${vagrant}-1_amd64.deb"
+cp "$out/key.asc" "$out/hashicorp/gpg"
+echo "apt repository in $out"
