@@ -2,8 +2,8 @@
 # A local apt repository for the production scenario, signed with a throwaway key made here, in two trees laid
 # out like Oracle's (virtualbox/: dists/<suite>/contrib) and HashiCorp's (hashicorp/: dists/<suite>/main)
 # repositories. It holds STAND-IN packages built with dpkg-deb: `virtualbox-7.1` (a /sbin/vboxconfig and a
-# VBoxManage that only print that they are stand-ins - VirtualBox itself cannot run on these machines: no kernel
-# modules load in the lab) and `vagrant` (a /usr/bin/vagrant that prints its version). Nothing of Oracle's or
+# VBoxManage that only print that they are stand-ins, and a VBoxSVC that only does the startup handshake -
+# VirtualBox itself cannot run on these machines: no kernel modules load in the lab) and `vagrant` (a /usr/bin/vagrant that prints its version). Nothing of Oracle's or
 # HashiCorp's is in them; only the repository layout, the package names and version strings are theirs.
 # Usage: aptrepo.sh <out dir> <suite> <virtualbox full version> <vagrant version>
 set -euo pipefail
@@ -51,7 +51,18 @@ v="$work/vbox"
 mkdir -p "$v/sbin" "$v/usr/bin"
 printf '#!/bin/sh\necho "vboxconfig: stand-in of the test repository, no modules built (VirtualBox cannot run here)"\n' > "$v/sbin/vboxconfig"
 printf '#!/bin/sh\ncase "$1" in --version) echo "%sr0twt";; list) echo "Extension Packs: 0";; *) echo "VBoxManage: stand-in" >&2; exit 1;; esac\n' "$vbox" > "$v/usr/bin/VBoxManage"
-chmod 0755 "$v/sbin/vboxconfig" "$v/usr/bin/VBoxManage"
+# VBoxSVC stand-in for travis-vboxsvc.service (roles/worker): like VBoxSVC with --inherit-startup-pipe N
+# (src/VBox/Main/src-server/xpcom/server.cpp) it writes READY to fd N once it "serves", then it only idles.
+mkdir -p "$v/usr/lib/virtualbox"
+cat > "$v/usr/lib/virtualbox/VBoxSVC" <<'SVC'
+#!/bin/sh
+# stand-in of the test repository (VirtualBox cannot run here): the startup-pipe handshake only
+if [ "${1:-}" = --inherit-startup-pipe ] && [ -n "${2:-}" ]; then
+  eval "printf READY >&$2; exec $2>&-"
+fi
+exec sleep infinity
+SVC
+chmod 0755 "$v/sbin/vboxconfig" "$v/usr/bin/VBoxManage" "$v/usr/lib/virtualbox/VBoxSVC"
 deb "virtualbox-$vbox_minor" "$vbox-0twt~Debian~$suite" "$v" "stand-in for Oracle VM VirtualBox $vbox (test repository)" \
   "$work/virtualbox-${vbox_minor}_${vbox}-0twt_amd64.deb"
 tree virtualbox contrib "$work/virtualbox-${vbox_minor}_${vbox}-0twt_amd64.deb"

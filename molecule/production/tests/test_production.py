@@ -54,6 +54,11 @@ def test_units_for_the_virtualbox_provider(host):
     assert unit.exists
     assert "SupplementaryGroups=vboxusers" in unit.content_string
     assert host.file("/etc/travis-worker/worker.production.yml").exists
+    # VirtualBox's service in its own unit, before and outside every worker unit (the package's VBoxSVC is a
+    # stand-in that only does the startup-pipe handshake: VirtualBox cannot run here)
+    vboxsvc = host.service("travis-vboxsvc")
+    assert vboxsvc.is_enabled and vboxsvc.is_running
+    assert "Requires=travis-vboxsvc.service" in unit.content_string
 
 
 def test_preflight_refused_the_distro_vagrant():
