@@ -15,6 +15,7 @@ import redis
 from travis_worker.config import Config
 from travis_worker.executor import Executor, Limits, SandboxError, make_executor
 from travis_worker.keys import Keys
+from travis_worker.metrics import Metrics
 from travis_worker.payload import Job, PayloadError, parse_job
 from travis_worker.queue import Queue, decode_envelope, make_worker_id, now_iso, strip_attempts
 from travis_worker.reporter import (
@@ -71,6 +72,8 @@ class Worker:
         self.interval = float(cfg["heartbeat_interval"])
         self.dead_after = DEAD_AFTER_BEATS * self.interval
         self.noop_class: str | None = cfg["noop_class"]
+        self.metrics = Metrics.from_config(cfg, self.id)
+        self.metrics.start()  # ValueError (exit 78) when the port cannot be bound
         # lifecycle flags (set from signal handlers and threads)
         self.stop_mode: str | None = None  # None | "graceful" | "immediate"
         self.paused = threading.Event()
@@ -90,6 +93,7 @@ class Worker:
         with self._state_lock:  # never interleave with the heartbeat's write of the previous state
             if state != self.state:
                 self.state, self.state_since = state, now_iso()
+            self.metrics.set_state(state)
             try:
                 self._write_state()
             except redis.RedisError as exc:
@@ -161,6 +165,7 @@ class Worker:
                     pipe.sadd(self.keys.workers, self.id)
                     self._write_state(pipe)
                     created = pipe.execute()[0]
+                self.metrics.beat()
                 if created and beats > 0:
                     log.error("this worker had been reaped as dead (heartbeat too old); registered again")
                     self._abort_current("this worker was reaped as dead; the job was requeued by the reaper")
@@ -179,6 +184,7 @@ class Worker:
 
     def reap(self) -> None:
         reaped = self.queue.reap(self.dead_after)
+        self.metrics.reaped(reaped)
         if reaped:
             self.sender.notify()
 
@@ -276,6 +282,7 @@ class Worker:
         return self.r.blmove(self.keys.queue(self.cfg["queue"]), self.keys.processing(self.id), TAKE_TIMEOUT)
 
     def handle(self, raw: str) -> None:
+        self.metrics.taken.inc()
         envelope = decode_envelope(raw)
         if self.noop_class and envelope and envelope.get("class") == self.noop_class:
             self._handle_noop(raw, envelope)
@@ -288,6 +295,7 @@ class Worker:
             if not isinstance(exc, PayloadError):
                 log.exception("the payload parser crashed")
             log.warning("bad payload sent to failed: %s", reason)
+            self.metrics.failed.labels("PayloadError").inc()
             push_with_retry(
                 lambda: self.queue.fail(raw, exception=exception, error=reason),
                 "recording a bad payload",
@@ -316,7 +324,8 @@ class Worker:
             push_with_retry(lambda: self.r.rpush(outbox, received), "queueing the received report")
             self.sender.notify()
             try:
-                self.executor.prepare()
+                with self.metrics.sandbox_reset():
+                    self.executor.prepare()
             except SandboxError as exc:
                 self._sandbox_failed(raw, job, exc)
                 return
@@ -330,12 +339,15 @@ class Worker:
                 log.warning("job %s stopped and requeued: %s", job.id, self.abort_reason)
                 reason = self.abort_reason
                 push_with_retry(
-                    lambda: self.queue.give_back(raw, count_attempt=False, reason=reason),
+                    lambda: self.metrics.job_requeued(
+                        "stop", self.queue.give_back(raw, count_attempt=False, reason=reason)
+                    ),
                     "requeueing the job",
                 )
                 return
             finished = state_entry(job.id, "finished", self.id, result=result.state, reason=result.reason)
             self._finish(raw, [final_part, finished])
+            self.metrics.job_finished(result.state, result.duration)
             log.info(
                 "job %s finished: %s%s", job.id, result.state, f" ({result.reason})" if result.reason else ""
             )
@@ -390,6 +402,7 @@ class Worker:
             outcome = self.queue.give_back(raw, count_attempt=True, reason=reason)
 
         push_with_retry(give_back, "requeueing after a sandbox failure")
+        self.metrics.job_requeued("sandbox", outcome)
         log.info("job %s %s", job.id, outcome)
         self.current_job = None
         self.set_state("errored")
@@ -433,4 +446,5 @@ class Worker:
                 log.warning("worker %s left reports or jobs behind; marked dead for the reaper", self.id)
         except redis.RedisError as exc:
             log.error("could not unregister (%s); the reaper will clean up %s", exc, self.id)
+        self.metrics.stop()
         log.info("worker %s stopped (%s)", self.id, self.stop_mode)
