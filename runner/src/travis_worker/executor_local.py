@@ -56,6 +56,6 @@ class LocalExecutor:
             )
             return stream_process(proc, master, on_output, cancel, limits)
         finally:
-            # Removed in the background (a clone takes 20-40 ms to delete on a busy host): the result is reported
-            # without waiting. Not a daemon thread: the interpreter waits for it at exit.
+            # Removed in the background (a clone takes 20-40 ms to delete on a busy host): the result is
+            # reported without waiting. Not a daemon thread: the interpreter waits for it at exit.
             threading.Thread(target=shutil.rmtree, args=(job_dir, True), name="job-dir-cleanup").start()
