@@ -290,10 +290,23 @@ class RealTravisSide(Side):
                     found[sample.name.rsplit("_", 1)[1]] = sample.value
         return found["count"], found["sum"]
 
-    def latency(self, jobs: int, warmup: int) -> tuple[list[float], list[float]]:
-        """(enqueue -> finished at the app, the runner's own cost) per job, in ms."""
+    def latency(self, jobs: int, warmup: int) -> tuple[list[float], list[float], list[float]]:
+        """Per job, in ms: enqueue -> finished at the app, the runner's own cost (that minus the build
+        script's run time), and the report tail (the finish transaction -> `finished` at the app). The finish
+        transaction's time is when the job left the worker's processing list (a keyspace event, `lrem`)."""
+        self.r.config_set("notify-keyspace-events", "Kl")
+        finishes: list[float] = []
+        pubsub = self.r.pubsub(ignore_subscribe_messages=True)
+        pubsub.psubscribe(
+            **{
+                "__keyspace@*__:twreal:processing:*": lambda m: (
+                    finishes.append(time.time()) if m["data"] == b"lrem" else None
+                )
+            }
+        )
+        listener = pubsub.run_in_thread(sleep_time=0.05, daemon=True)
         self.start()
-        walls, own = [], []
+        walls, own, tails = [], [], []
         try:
             for i in range(jobs + warmup):
                 time.sleep(0.05)  # let the worker go idle (blocked on the queue) again
@@ -304,12 +317,18 @@ class RealTravisSide(Side):
                 done = self.app.wait(job_id, 120)
                 wait_for(lambda c=count: self.build_seconds()[0] > c, 10, "the build duration metric")
                 build = self.build_seconds()[1] - total
+                finish = max((t for t in finishes if t0 < t <= done), default=None)
+                if finish is None:
+                    raise SystemExit(f"bench: no finish transaction seen for job {job_id}")
                 if i >= warmup:
                     walls.append((done - t0) * 1000)
                     own.append((done - t0 - build) * 1000)
+                    tails.append((done - finish) * 1000)
         finally:
             self.stop()
-        return walls, own
+            listener.stop()
+            pubsub.close()
+        return walls, own, tails
 
     def throughput(self, jobs: int) -> tuple[int, float]:
         """(completions - 1, seconds from the first to the last completion) of `jobs` pre-filled jobs."""
@@ -388,6 +407,7 @@ def real_jobs(url: str, tmp: Path, jobs: int, json_path: Path | None, rounds: in
     warmup = 3  # per round: each round starts fresh worker processes
     walls: list[float] = []
     own: list[float] = []
+    tails: list[float] = []
     rq_walls: list[float] = []
     tput = {"ours": [0, 0.0], "rq": [0, 0.0]}
     ours = RealTravisSide(url, tmp, repo, app)
@@ -398,9 +418,10 @@ def real_jobs(url: str, tmp: Path, jobs: int, json_path: Path | None, rounds: in
             for side in order:
                 redis.Redis.from_url(url).flushall()
                 if side == "ours":
-                    w, o = ours.latency(share, warmup)
+                    w, o, tail = ours.latency(share, warmup)
                     walls += w
                     own += o
+                    tails += tail
                     done, seconds = ours.throughput(share)
                 else:
                     rq_walls += RealRqSide(url, tmp, repo).latency(share, warmup)
@@ -454,9 +475,12 @@ def real_jobs(url: str, tmp: Path, jobs: int, json_path: Path | None, rounds: in
         f"{rq['p99_ms'] / tw['p99_ms']:.2f} |"
     )
     print(f"| own cost per job p50 (ms): latency - build script run time | {tw['own_cost_ms']:.2f} | - | - |")
+    before_tail = [o - t for o, t in zip(own, tails)]
     print(
         f"own cost p90/p99 {percentile(own, 90):.2f}/{percentile(own, 99):.2f} ms; build script run time "
-        f"p50 {statistics.median([w - o for w, o in zip(walls, own)]):.1f} ms"
+        f"p50 {statistics.median([w - o for w, o in zip(walls, own)]):.1f} ms; of the own cost: up to the "
+        f"finish transaction p50 {statistics.median(before_tail):.2f} ms, finish transaction -> `finished` "
+        f"at the app (last log part, final part, finished report) p50 {statistics.median(tails):.2f} ms"
     )
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
