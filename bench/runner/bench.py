@@ -327,6 +327,7 @@ class RealTravisSide(Side):
         finally:
             self.stop()
             listener.stop()
+            listener.join(5)  # it may be inside a read: close the connection only after it ended
             pubsub.close()
         return walls, own, tails
 
