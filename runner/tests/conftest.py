@@ -8,7 +8,6 @@ stop() and start() keep the data, as a production Redis with AOF would.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -17,14 +16,9 @@ from pathlib import Path
 
 import pytest
 import redis
+from harness import free_port
 
 RUNNER_SRC = Path(__file__).resolve().parents[1] / "src"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RedisServer:

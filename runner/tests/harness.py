@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -148,3 +149,10 @@ def finished(client: redis.Redis) -> dict[int, list[dict[str, Any]]]:
 def worker_state(client: redis.Redis, worker: WorkerProc) -> dict[str, Any]:
     raw = client.hget("resque:travis:worker_state", worker.id)
     return json.loads(raw) if raw else {}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

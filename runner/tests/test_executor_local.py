@@ -99,6 +99,9 @@ def test_script_sees_a_terminal_and_runs_in_a_fresh_directory_that_is_removed() 
     match = re.search(r"dir=(\S+) home=(\S+)", out.text)
     assert match and match.group(1) == match.group(2)
     assert "travis-worker-job-" in match.group(1)
+    deadline = time.monotonic() + 10  # removed in the background after the build, not before run() returns
+    while Path(match.group(1)).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert not Path(match.group(1)).exists()
 
 

@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import free_port
-from harness import WorkerProc, finished, job_json, make_repo, registered, reports, wait_for
+from harness import WorkerProc, finished, free_port, job_json, make_repo, registered, reports, wait_for
 from travis_lab.ciapp import CIApp
 from travis_worker.keys import Keys
 from travis_worker.reporter import HttpTransport, RedisTransport, Sender, log_entry, state_entry

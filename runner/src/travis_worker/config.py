@@ -25,6 +25,9 @@ SCHEMA: dict[str, tuple[tuple[type, ...], Any]] = {
     "queue": ((str,), "builds"),
     "vm": ((str,), None),
     "verbose": ((bool,), False),
+    "metrics.port": ((int,), None),  # Prometheus /metrics port (off when unset); see metrics.py
+    "metrics.address": ((str,), "0.0.0.0"),
+    "metrics.textfile": ((str,), None),  # node_exporter textfile path (off when unset); {vm} = VM name
     "redis.url": ((str,), "redis://localhost:6379/0"),
     "redis.namespace": ((str,), "resque"),
     "travis.url": ((str,), None),
@@ -59,6 +62,7 @@ POSITIVE = (
     "heartbeat_interval",
     "vms.count",
     "git.clone_depth",
+    "metrics.port",
 )
 ENV_OVERRIDES = {"QUEUE": "queue", "TRAVIS_ENV": "env", "VM": "vm", "VERBOSE": "verbose"}
 SECRET_KEYS = ("travis.token",)
@@ -260,6 +264,13 @@ def _check_required(
         raise ConfigError(
             f"{where}: vm: required when vms.provider is {values['vms.provider']}; "
             f"set VM={first} (.. {last}), as travis-worker@<vm>.service does"
+        )
+    if values["metrics.port"] is not None and values["metrics.port"] + values["vms.count"] - 1 > 65535:
+        raise ConfigError(f"{origin.get('metrics.port', where)}: metrics.port: must be a TCP port (1-65535)")
+    if values["metrics.textfile"] and values["vms.count"] > 1 and "{vm}" not in values["metrics.textfile"]:
+        raise ConfigError(
+            f"{origin.get('metrics.textfile', where)}: metrics.textfile: put {{vm}} in the path when "
+            f"vms.count > 1 (one file per worker), e.g. /var/lib/node_exporter/travis-worker-{{vm}}.prom"
         )
     if not values["queue"] or not re.match(r"^[A-Za-z0-9_.-]+$", values["queue"]):
         raise ConfigError(

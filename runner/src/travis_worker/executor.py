@@ -10,6 +10,7 @@ Both run the script under a pseudo-terminal in its own session (process group) a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import logging
@@ -49,6 +50,8 @@ class BuildResult:
     state: str  # passed|failed|errored|cancelled
     reason: Optional[str]
     exit_code: Optional[int]
+    # seconds the build script ran (process start to exit), if it ran; a measurement, not part of the result
+    duration: Optional[float] = dataclasses.field(default=None, compare=False)
 
 
 class SandboxError(RuntimeError):
@@ -231,10 +234,11 @@ def stream_process(
         except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL was sent
             log.error("build process %s did not exit after SIGKILL", proc.pid)
         os.close(master)
+    duration = time.monotonic() - started
     if stopped is not None:
         on_output(f"\r\n\r\n{message}\r\n".encode())
-        return stopped
-    return result_for_exit(proc.returncode)
+        return dataclasses.replace(stopped, duration=duration)
+    return dataclasses.replace(result_for_exit(proc.returncode), duration=duration)
 
 
 def make_executor(

@@ -140,4 +140,6 @@ class LocalExecutor:
             )
             return stream_process(proc, master, on_output, cancel, limits)
         finally:
-            remove_tree(job_dir)
+            # Removed in the background (a clone takes 20-40 ms to delete on a busy host): the result is
+            # reported without waiting. Not a daemon thread: the interpreter waits for it at exit.
+            threading.Thread(target=remove_tree, args=(job_dir,), name="job-dir-cleanup").start()

@@ -15,6 +15,7 @@ import redis
 from travis_worker.config import Config
 from travis_worker.executor import Executor, Limits, SandboxError, make_executor
 from travis_worker.keys import Keys
+from travis_worker.metrics import Metrics
 from travis_worker.payload import Envelope, Job, PayloadError, job_of
 from travis_worker.queue import Queue, loads_safely, make_worker_id, now_iso, server_time
 from travis_worker.reporter import (
@@ -76,6 +77,8 @@ class Worker:
         self.interval = float(cfg["heartbeat_interval"])
         self.dead_after = DEAD_AFTER_BEATS * self.interval
         self.noop_class: str | None = cfg["noop_class"]
+        self.metrics = Metrics.from_config(cfg, self.id)
+        self.metrics.start()  # ValueError (exit 78) when the port cannot be bound
         # lifecycle flags (set from signal handlers and threads)
         self.stop_mode: str | None = None  # None | "graceful" | "immediate"
         self.paused = threading.Event()
@@ -97,6 +100,7 @@ class Worker:
         with self._state_lock:  # never interleave with the heartbeat's write of the previous state
             if state != self.state:
                 self.state, self.state_since = state, now_iso()
+            self.metrics.set_state(state)
             try:
                 self._write_state()
             except redis.RedisError as exc:
@@ -171,6 +175,7 @@ class Worker:
                     pipe.sadd(self.keys.ours, self.id)
                     self._write_state(pipe)
                     created, _in_workers, _in_ours, state_created = pipe.execute()[:4]
+                self.metrics.beat()
                 if created and beats > 0 and self._was_reaped(bool(state_created)):
                     log.error("this worker had been reaped as dead (heartbeat too old); registered again")
                     self._abort_current("this worker was reaped as dead; the job was requeued by the reaper")
@@ -205,6 +210,7 @@ class Worker:
 
     def reap(self) -> None:
         reaped = self.queue.reap(self.dead_after)
+        self.metrics.reaped(reaped)
         if reaped:
             self.sender.notify()
 
@@ -346,6 +352,7 @@ class Worker:
         return None if raw is None else self.queue.envelope(raw)
 
     def handle(self, envelope: Envelope) -> None:
+        self.metrics.taken.inc()
         if self.noop_class and envelope.job_class == self.noop_class:
             self._handle_noop(envelope)
             return
@@ -357,6 +364,7 @@ class Worker:
             if not isinstance(exc, PayloadError):
                 log.exception("the payload parser crashed")
             log.warning("bad payload sent to failed: %s", reason)
+            self.metrics.failed.labels("PayloadError").inc()
             push_with_retry(
                 lambda: self.queue.fail(envelope, exception=exception, error=reason),
                 "recording a bad payload",
@@ -392,7 +400,8 @@ class Worker:
             push_with_retry(lambda: self.r.rpush(outbox, received), "queueing the received report")
             self.sender.notify()
             try:
-                self.executor.prepare()
+                with self.metrics.sandbox_reset():
+                    self.executor.prepare()
             except SandboxError as exc:
                 self._sandbox_failed(envelope, job, exc)
                 return
@@ -414,7 +423,9 @@ class Worker:
                 log.warning("job %s stopped and requeued: %s", job.id, self.abort_reason)
                 reason = self.abort_reason
                 push_with_retry(
-                    lambda: self.queue.give_back(envelope, count_attempt=False, reason=reason),
+                    lambda: self.metrics.job_requeued(
+                        "stop", self.queue.give_back(envelope, count_attempt=False, reason=reason)
+                    ),
                     "requeueing the job",
                 )
                 return
@@ -422,6 +433,7 @@ class Worker:
                 job.id, "finished", self.id, attempt, result=result.state, reason=result.reason
             )
             self._finish(envelope, [final_part, finished])
+            self.metrics.job_finished(result.state, result.duration)
             log.info(
                 "job %s finished: %s%s", job.id, result.state, f" ({result.reason})" if result.reason else ""
             )
@@ -476,6 +488,7 @@ class Worker:
             outcome = self.queue.give_back(envelope, count_attempt=True, reason=reason)
 
         push_with_retry(give_back, "requeueing after a sandbox failure")
+        self.metrics.job_requeued("sandbox", outcome)
         log.info("job %s %s", job.id, outcome)
         self.current_job = None
         self.set_state("errored")
@@ -519,4 +532,5 @@ class Worker:
                 log.warning("worker %s left reports or jobs behind; marked dead for the reaper", self.id)
         except redis.RedisError as exc:
             log.error("could not unregister (%s); the reaper will clean up %s", exc, self.id)
+        self.metrics.stop()
         log.info("worker %s stopped (%s)", self.id, self.stop_mode)
