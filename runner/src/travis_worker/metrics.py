@@ -121,7 +121,9 @@ class Metrics:
         """Serve /metrics on the port (a daemon thread) and write the textfile, when configured."""
         if self.port:
             try:
-                self._server, _ = start_http_server(self.port, addr=self.address, registry=self.registry)
+                self._server, _thread = start_http_server(
+                    self.port, addr=self.address, registry=self.registry
+                )
             except OSError as exc:
                 raise ValueError(
                     f"metrics.port: cannot listen on {self.address}:{self.port}: {exc.strerror or exc}"

@@ -1,6 +1,6 @@
-"""Only the providers that run end to end are offered (issue #11 section 5): virtualbox (production) and lxc (the
-lab). libvirt had a Vagrantfile block and argument-spec choices but never ran with these roles, so a box set to it
-is refused at the start by each role's argument spec, naming the variable."""
+"""Only the providers that run end to end are offered (issue #11 section 5): virtualbox (production) and lxc
+(the lab). libvirt had a Vagrantfile block and argument-spec choices but never ran with these roles, so a box
+set to it is refused at the start by each role's argument spec, naming the variable."""
 
 from __future__ import annotations
 
