@@ -27,10 +27,7 @@ REQUIRED = ("program", "version", "method", "source")
 
 # Inline recordings that predate the rule, in test files another area owns; each must still be there (so the
 # entry goes when they are replaced by fixtures with provenance).
-KNOWN_INLINE_WITHOUT_PROVENANCE = {
-    "tests/unit/plugins/modules/test_box_export.py": "vagrant package/status lines written for the "
-    "box_export tests (VirtualBox 6.1 lock wording, empty target on machine lines); to be replaced",
-}
+KNOWN_INLINE_WITHOUT_PROVENANCE: dict[str, str] = {}
 INLINE_MARKERS = re.compile(
     r"\b\d{10},[^,\n\"]*,(?:ui|metadata|action|state|state-human-short|error-exit|box-name|box-provider|"
     r"box-version|provider-name),"

@@ -16,7 +16,7 @@ from unittest.mock import ANY
 
 import pytest
 from ansible_collections.travis.worker.plugins.modules import box_export
-from module_harness import call
+from module_harness import call, recorded
 
 LXC_NAME = "twt-proj_base_1700000000123_45678"
 VAGRANT_UID = 1000 if os.geteuid() == 0 else os.getuid()  # chown to another uid needs root
@@ -254,23 +254,21 @@ def test_machine_not_created(run_module, lab, tmp_path) -> None:
     assert "machine 'worker-7'" in result["msg"] and "vagrant_vm" in result["msg"]
 
 
-VBOX_STATUS_RUNNING = (
-    "1700000000,base,metadata,provider,virtualbox\n1700000000,base,provider-name,virtualbox\n"
-    "1700000000,base,state,running\n1700000000,base,state-human-short,running\n"
-)
-VBOX_PACKAGE = (
-    "1700000000,,ui,output,==> " + UUID + ": Exporting VM...\n"
-    "1700000000,,ui,output,==> " + UUID + ": Compressing package to: {out}\n"
-)
-VBOX_PACKAGE_LOCKED = (
-    "1700000000,,ui,error,There was an error while executing `VBoxManage`%!(VAGRANT_COMMA) a CLI used by "
-    "Vagrant\\nfor controlling VirtualBox.\\n\\nStderr: VBoxManage: error: The machine "
-    "'base_1699999000000_12345' is already locked for a session (or being unlocked)\\n\n"
-    "1700000000,,error-exit,Vagrant::Errors::VBoxManageError,There was an error while executing "
-    "`VBoxManage`\\n"
-    "Stderr: VBoxManage: error: The machine 'base_1699999000000_12345' is already locked for a session "
-    "(or being unlocked)\\n\n"
-)
+# Recordings of `vagrant status base` / `vagrant package base` (VirtualBox provider), reconstructed from
+# Vagrant 2.3.4's source by tests/unit/fixtures/vagrant/make_vbox_fixtures.py (provenance in each JSON file).
+STATUS = ["/usr/bin/vagrant", "status", "base", "--machine-readable"]
+
+
+def status(state: str = "running") -> Any:
+    return call(STATUS, fixture=f"vagrant/vbox_status_base_{state}")
+
+
+def package(tmp: str, fixture: str, **kwargs: Any) -> Any:
+    """`vagrant package base --output TMP`, the recorded output path replaced by this test's temp file."""
+    rec = recorded(f"vagrant/{fixture}")
+    recorded_out = rec["argv"][rec["argv"].index("--output") + 1]
+    argv = ["/usr/bin/vagrant", "package", "base", "--output", tmp, "--machine-readable"]
+    return call(argv, fixture=f"vagrant/{fixture}", stdout=rec["stdout"].replace(recorded_out, tmp), **kwargs)
 
 
 @pytest.fixture
@@ -293,13 +291,9 @@ def test_virtualbox_packages_the_project_machine_halts_and_restarts(run_module, 
         Path(vbox["tmp"]).write_bytes(b"box-bytes")
 
     calls = [
-        call(["/usr/bin/vagrant", "status", "base", "--machine-readable"], stdout=VBOX_STATUS_RUNNING),
+        status("running"),
         call(["/usr/bin/vagrant", "halt", "base", "--machine-readable"]),
-        call(
-            ["/usr/bin/vagrant", "package", "base", "--output", vbox["tmp"], "--machine-readable"],
-            stdout=VBOX_PACKAGE.format(out=vbox["tmp"]),
-            check=make_box,
-        ),
+        package(vbox["tmp"], "vbox_package_base", check=make_box),
         call(["/usr/bin/vagrant", "up", "base", "--no-provision", "--machine-readable"]),
     ]
     result = run_module(box_export.main, vbox["args"], calls)
@@ -309,7 +303,7 @@ def test_virtualbox_packages_the_project_machine_halts_and_restarts(run_module, 
 
 
 def test_virtualbox_check_mode(run_module, vbox) -> None:
-    calls = [call(["/usr/bin/vagrant", "status", "base", "--machine-readable"], stdout=VBOX_STATUS_RUNNING)]
+    calls = [status("running")]
     result = run_module(box_export.main, vbox["args"], calls, check_mode=True)
     assert result["changed"] is True and result["halted"] is True
     assert UUID in result["msg"] and not (vbox["out"] / "travis.box").exists()
@@ -317,13 +311,9 @@ def test_virtualbox_check_mode(run_module, vbox) -> None:
 
 def test_virtualbox_locked_fails_but_starts_machine_again(run_module, vbox) -> None:
     calls = [
-        call(["/usr/bin/vagrant", "status", "base", "--machine-readable"], stdout=VBOX_STATUS_RUNNING),
+        status("running"),
         call(["/usr/bin/vagrant", "halt", "base", "--machine-readable"]),
-        call(
-            ["/usr/bin/vagrant", "package", "base", "--output", vbox["tmp"], "--machine-readable"],
-            rc=1,
-            stdout=VBOX_PACKAGE_LOCKED,
-        ),
+        package(vbox["tmp"], "vbox_package_base_locked"),
         call(["/usr/bin/vagrant", "up", "base", "--no-provision", "--machine-readable"]),
     ]
     result = run_module(box_export.main, vbox["args"], calls)
@@ -341,7 +331,7 @@ def test_virtualbox_base_ships_the_generated_key(run_module, vbox, tmp_path: Pat
     )
     seen: dict[str, str] = {}
 
-    def package(kwargs: dict) -> None:
+    def package_check(kwargs: dict) -> None:
         argv = kwargs["argv"]
         key, vagrantfile = argv[argv.index("--include") + 1], argv[argv.index("--vagrantfile") + 1]
         seen["key"] = Path(key).read_text()
@@ -349,11 +339,8 @@ def test_virtualbox_base_ships_the_generated_key(run_module, vbox, tmp_path: Pat
         assert os.path.basename(key) == "vagrant_private_key" and Path(key).stat().st_mode & 0o077 == 0
         Path(vbox["tmp"]).write_bytes(b"box")
 
-    status = VBOX_STATUS_RUNNING.replace("state,running", "state,poweroff").replace(
-        "short,running", "short,poweroff"
-    )
     calls = [
-        call(["/usr/bin/vagrant", "status", "base", "--machine-readable"], stdout=status),
+        status("poweroff"),
         call(
             [
                 "/usr/bin/vagrant",
@@ -368,7 +355,7 @@ def test_virtualbox_base_ships_the_generated_key(run_module, vbox, tmp_path: Pat
                 ANY,
                 "--machine-readable",
             ],
-            check=package,
+            check=package_check,
         ),
     ]
     result = run_module(box_export.main, dict(vbox["args"], base="base-vm"), calls)
@@ -387,10 +374,9 @@ def test_same_size_but_different_box_is_exported_again(run_module, vbox) -> None
     box.write_bytes(b"box-bytes")
     meta = {"digest": "d1", "size": 9, "sha256": hashlib.sha256(b"box-bytes").hexdigest()}
     Path(str(box) + ".json").write_text(json.dumps(meta))
-    status = call(["/usr/bin/vagrant", "status", "base", "--machine-readable"], stdout=VBOX_STATUS_RUNNING)
     assert run_module(box_export.main, vbox["args"], [], check_mode=True)["changed"] is False
     box.write_bytes(b"box-bytez")  # same size, other content
-    assert run_module(box_export.main, vbox["args"], [status], check_mode=True)["changed"] is True
+    assert run_module(box_export.main, vbox["args"], [status("running")], check_mode=True)["changed"] is True
 
 
 @pytest.mark.parametrize(
@@ -414,12 +400,8 @@ def test_libvirt_uses_vagrant_package_of_the_halted_machine(run_module, tmp_path
     out = tmp_path / "out"
     out.mkdir()
     tmp = str(out / f".lv.box.{os.getpid()}.tmp")
-    status = (
-        "1700000000,base,metadata,provider,libvirt\n1700000000,base,provider-name,libvirt\n"
-        "1700000000,base,state,shutoff\n"
-    )
     calls = [
-        call(["/usr/bin/vagrant", "status", "base", "--machine-readable"], stdout=status),
+        call(STATUS, fixture="vagrant/libvirt_status_base_shutoff"),
         call(
             ["/usr/bin/vagrant", "package", "base", "--output", tmp, "--machine-readable"],
             check=lambda _kw: Path(tmp).write_bytes(b"libvirt-box"),
