@@ -73,6 +73,11 @@ def test_dnsmasq_pid_needs_a_live_dnsmasq(tmp_path: Path, fake_dnsmasq: Path) ->
     assert dnsmasq_pid(tmp_path) is None
     proc = subprocess.Popen([str(fake_dnsmasq), "30"])
     try:
+        # Popen returns once the child's close-on-exec pipe closes; the kernel sets the new comm a moment
+        # later in the same exec, so on a loaded host /proc/<pid>/comm can still say "python" here (seen once)
+        deadline = time.monotonic() + 5
+        while Path(f"/proc/{proc.pid}/comm").read_text().strip() != "dnsmasq" and time.monotonic() < deadline:
+            time.sleep(0.01)
         (tmp_path / "dnsmasq.pid").write_text(f"{proc.pid}\n")
         assert dnsmasq_pid(tmp_path) == proc.pid
     finally:
