@@ -148,7 +148,8 @@ def worker_box(bridge_redis: tuple[str, Any]) -> Iterator[Any]:
         t0 = time.monotonic()
         box.run(
             "apt-get update -q && apt-get install -y -q --no-install-recommends git python3-redis "
-            "python3-yaml python3-requests python3-venv python3-setuptools python3-wheel",
+            "python3-yaml python3-requests python3-prometheus-client python3-venv python3-setuptools "
+            "python3-wheel",
             timeout=900,
         )
         log.info("apt-get install in %s: %.1f s", box.name, time.monotonic() - t0)
