@@ -92,6 +92,15 @@ def test_output_streams_in_parts_before_the_end() -> None:
     assert len(out.parts) >= 2
 
 
+def removed(job_dir: Path, wait: float = 10) -> bool:
+    """Whether the job directory is gone within `wait` s: it is removed in the background after the build,
+    not before run() returns."""
+    deadline = time.monotonic() + wait
+    while job_dir.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return not job_dir.exists()
+
+
 def test_script_sees_a_terminal_and_runs_in_a_fresh_directory_that_is_removed() -> None:
     result, out = run('test -t 0 && test -t 1 && test -t 2 && stty size && echo "dir=$PWD home=$HOME"')
     assert result.state == "passed", out.text
@@ -99,10 +108,7 @@ def test_script_sees_a_terminal_and_runs_in_a_fresh_directory_that_is_removed() 
     match = re.search(r"dir=(\S+) home=(\S+)", out.text)
     assert match and match.group(1) == match.group(2)
     assert "travis-worker-job-" in match.group(1)
-    deadline = time.monotonic() + 10  # removed in the background after the build, not before run() returns
-    while Path(match.group(1)).exists() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not Path(match.group(1)).exists()
+    assert removed(Path(match.group(1)))
 
 
 def test_worker_environment_does_not_leak_into_the_build(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -271,4 +277,4 @@ def test_builds_run_under_the_build_root_in_a_directory_of_this_process(tmp_path
     assert result.state == "passed", out.text
     job_dir = Path(re.search(r"dir=(\S+)", out.text).group(1))
     assert job_dir.parent == tmp_path / owner_name()
-    assert not job_dir.exists() and job_dir.parent.is_dir()
+    assert removed(job_dir) and job_dir.parent.is_dir()
