@@ -72,21 +72,20 @@ PLAYBOOK = """
 """
 
 
-def test_site_restores_before_and_retakes_after_the_recipes(tmp_path: Path) -> None:
+def run_play(
+    tmp_path: Path, inventory: str, playbook: str, *extra: str
+) -> tuple[subprocess.CompletedProcess[str], list]:
+    """Run `playbook` against `inventory` with the recording-backed `vagrant` stub first on PATH; return the
+    finished process and the argv (without the program) of every vagrant call, in order."""
     bindir = tmp_path / "bin"
     bindir.mkdir()
     stub = bindir / "vagrant"
     stub.write_text(STUB.format(python=sys.executable))
     stub.chmod(0o755)
     calls = tmp_path / "calls.jsonl"
-    project = tmp_path / "project"
-    project.mkdir()
     inv = tmp_path / "hosts.ini"
-    inv.write_text(
-        f"box ansible_connection=local ansible_python_interpreter={sys.executable} ansible_become=false "
-        f"worker_vms_provider=virtualbox worker_vms_project_dir={project} worker_vms_count=2\n"
-    )
-    (tmp_path / "play.yml").write_text(PLAYBOOK)
+    inv.write_text(inventory)
+    (tmp_path / "play.yml").write_text(playbook)
     env = {
         **os.environ,
         "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
@@ -96,11 +95,22 @@ def test_site_restores_before_and_retakes_after_the_recipes(tmp_path: Path) -> N
         "TW_VAGRANT_RECORDINGS": str(RECORDINGS),
     }
     proc = subprocess.run(
-        [str(BIN / "ansible-playbook"), "-i", str(inv), str(tmp_path / "play.yml")],
+        [str(BIN / "ansible-playbook"), "-i", str(inv), str(tmp_path / "play.yml"), *extra],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
+    argvs = [json.loads(line)[1:] for line in calls.read_text().splitlines()] if calls.exists() else []
+    return proc, argvs
+
+
+def test_site_restores_before_and_retakes_after_the_recipes(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    inventory = (
+        f"box ansible_connection=local ansible_python_interpreter={sys.executable} ansible_become=false "
+        f"worker_vms_provider=virtualbox worker_vms_project_dir={project} worker_vms_count=2\n"
+    )
+    proc, argvs = run_play(tmp_path, inventory, PLAYBOOK)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    argvs = [json.loads(line)[1:] for line in calls.read_text().splitlines()]
     assert argvs == [
         # play 1: back to the clean snapshot where there is one; worker-2 (none) is provisioned as it is
         ["snapshot", "list", "worker-1"],
@@ -136,41 +146,19 @@ VM_SANDBOX = """
 
 def test_restore_without_a_snapshot_recreates_the_vm_from_its_box(tmp_path: Path) -> None:
     """worker-2 has no `sandbox`: it is re-created from its box, not provisioned (and saved) as it is."""
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    stub = bindir / "vagrant"
-    stub.write_text(STUB.format(python=sys.executable))
-    stub.chmod(0o755)
-    calls = tmp_path / "calls.jsonl"
     project = tmp_path / "project"
     project.mkdir()
-    inv = tmp_path / "hosts.ini"
     python = sys.executable
-    inv.write_text(
-        "".join(
-            f"{name} ansible_connection=local ansible_become=false ansible_python_interpreter={python}\n"
-            for name in ("box", "worker-2@box")
-        )
+    inventory = "".join(
+        f"{name} ansible_connection=local ansible_become=false ansible_python_interpreter={python}\n"
+        for name in ("box", "worker-2@box")
     )
-    (tmp_path / "play.yml").write_text(VM_SANDBOX)
-    env = {
-        **os.environ,
-        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
-        "HOME": str(tmp_path),
-        "PATH": f"{bindir}:{os.environ['PATH']}",
-        "TW_VAGRANT_LOG": str(calls),
-        "TW_VAGRANT_RECORDINGS": str(RECORDINGS),
-    }
-    proc = subprocess.run(
-        [str(BIN / "ansible-playbook"), "-i", str(inv), str(tmp_path / "play.yml"),
-         "-e", f"project={project}", "-e", f"root={ROOT}"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    proc, argvs = run_play(tmp_path, inventory, VM_SANDBOX, "-e", f"project={project}", "-e", f"root={ROOT}")
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert "has no `sandbox` snapshot to restore: re-creating it from its box" in " ".join(
         proc.stdout.split()
     )
-    assert [json.loads(line)[1:] for line in calls.read_text().splitlines()] == [
+    assert argvs == [
         ["snapshot", "list", "worker-2"],
         ["destroy", "-f", "worker-2"],
         ["up", "worker-2", "--provider=virtualbox"],
