@@ -96,13 +96,7 @@ requirements:
   - vagrant on the target; for LXC the lxc tools, tar and gzip
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
-  platform:
-    platforms: posix
+  - travis.worker.attributes
 notes:
   - Check mode reports whether an export would happen and which machine would be halted, without touching it.
   - Diff mode shows the box's metadata before and after.

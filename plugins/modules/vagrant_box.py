@@ -77,13 +77,7 @@ options:
     type: path
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
-  platform:
-    platforms: posix
+  - travis.worker.attributes
 requirements:
   - vagrant >= 2.2
 """

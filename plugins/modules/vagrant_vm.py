@@ -74,13 +74,7 @@ options:
     type: path
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
-  platform:
-    platforms: posix
+  - travis.worker.attributes
 notes:
   - Supports check mode and diff mode.
   - Machine states are the provider's own, for example V(running), V(poweroff), V(saved), V(aborted),

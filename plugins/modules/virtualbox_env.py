@@ -73,13 +73,7 @@ requirements:
   - VirtualBox (VBoxManage) on the target
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
-  platform:
-    platforms: posix
+  - travis.worker.attributes
 notes:
   - Check mode returns what would be removed and needs no O(confirm).
   - Diff mode shows the registered VMs, the folders and the C(.vagrant) directory before and after.

@@ -77,13 +77,7 @@ requirements:
   - the Python C(redis) library on the target for job-aware waiting (optional)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
-  platform:
-    platforms: posix
+  - travis.worker.attributes
 notes:
   - Check mode reports which workers would change and whether they are busy now, without signalling anything.
   - Diff mode shows each instance's unit state before and after.
