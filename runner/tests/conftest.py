@@ -13,10 +13,11 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
-from harness import free_port
+from harness import Spawn, WorkerProc, free_port, make_repo, registered, wait_for
 
 RUNNER_SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -91,3 +92,27 @@ def persistent_redis() -> Iterator[RedisServer]:
 @pytest.fixture
 def client(redis_url: str) -> redis.Redis:
     return redis.Redis.from_url(redis_url, decode_responses=True)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> tuple[str, str]:
+    """A local git repository with one commit: (url, commit)."""
+    return make_repo(tmp_path / "git")
+
+
+@pytest.fixture
+def spawn(tmp_path: Path, redis_url: str, client: redis.Redis) -> Iterator[Spawn]:
+    """Start worker processes (waiting until each registered, unless wait=False); all stopped at the end."""
+    workers: list[WorkerProc] = []
+
+    def start(name: str = "w", *, wait: bool = True, url: str | None = None, **overrides: Any) -> WorkerProc:
+        worker = WorkerProc(tmp_path, url or redis_url, f"{name}{len(workers)}", **overrides)
+        workers.append(worker)
+        if wait:
+            target = redis.Redis.from_url(url) if url else client
+            wait_for(lambda: registered(target, worker), 15, f"worker {worker.id} to register")
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()

@@ -156,3 +156,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+Spawn = Callable[..., WorkerProc]  # the `spawn` fixture (conftest.py): start a worker process, registered

@@ -6,20 +6,16 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
 import requests
 from harness import (
-    WorkerProc,
+    Spawn,
     finished,
     free_port,
     job_json,
-    make_repo,
-    registered,
     wait_for,
     worker_env,
     worker_state,
@@ -28,7 +24,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from travis_worker.config import ConfigError, load_config
 from travis_worker.metrics import instance_port, instance_textfile
 
-Spawn = Callable[..., WorkerProc]
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
@@ -49,26 +44,6 @@ def scrape(port: int) -> Samples:
     resp = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
     assert resp.status_code == 200
     return parse(resp.text)
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> tuple[str, str]:
-    return make_repo(tmp_path / "git")
-
-
-@pytest.fixture
-def spawn(tmp_path: Path, redis_url: str, client: redis.Redis) -> Iterator[Spawn]:
-    workers: list[WorkerProc] = []
-
-    def start(name: str = "w", **overrides: Any) -> WorkerProc:
-        worker = WorkerProc(tmp_path, redis_url, f"{name}{len(workers)}", **overrides)
-        workers.append(worker)
-        wait_for(lambda: registered(client, worker), 15, f"worker {worker.id} to register")
-        return worker
-
-    yield start
-    for worker in workers:
-        worker.stop()
 
 
 def push(client: redis.Redis, raw: str) -> None:

@@ -10,38 +10,15 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-from harness import WorkerProc, finished, job_json, make_repo, registered, wait_for, worker_state
+from harness import Spawn, finished, job_json, wait_for, worker_state
 from travis_worker.cli import main as cli_main
 
-Spawn = Callable[..., WorkerProc]
 DEEP = "[" * 1000 + "]" * 1000  # ~2 KB: the poison pill of issue 10
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> tuple[str, str]:
-    return make_repo(tmp_path / "git")
-
-
-@pytest.fixture
-def spawn(tmp_path: Path, redis_url: str, client: redis.Redis) -> Iterator[Spawn]:
-    workers: list[WorkerProc] = []
-
-    def start(name: str = "w", *, wait: bool = True, **overrides: Any) -> WorkerProc:
-        worker = WorkerProc(tmp_path, redis_url, f"{name}{len(workers)}", **overrides)
-        workers.append(worker)
-        if wait:
-            wait_for(lambda: registered(client, worker), 15, f"worker {worker.id} to register")
-        return worker
-
-    yield start
-    for worker in workers:
-        worker.stop()
 
 
 def push(client: redis.Redis, raw: str | bytes) -> None:

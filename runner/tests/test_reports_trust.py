@@ -10,18 +10,13 @@ from typing import Any
 
 import pytest
 import redis
-from harness import WorkerProc, finished, free_port, job_json, make_repo, registered, reports, wait_for
+from harness import WorkerProc, finished, free_port, job_json, registered, reports, wait_for
 from travis_lab.ciapp import CIApp
 from travis_worker.keys import Keys
 from travis_worker.reporter import HttpTransport, RedisTransport, Sender, log_entry, state_entry
 
 K = Keys("resque")
 WID = "host:1:builds"
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> tuple[str, str]:
-    return make_repo(tmp_path / "git")
 
 
 @pytest.fixture

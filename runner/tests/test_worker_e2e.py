@@ -6,39 +6,13 @@ import io
 import json
 import signal
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
-from harness import WorkerProc, finished, job_json, make_repo, registered, reports, wait_for, worker_state
+from harness import Spawn, finished, job_json, reports, wait_for, worker_state
 from travis_worker.cli import main as cli_main
 from travis_worker.queue import parse_iso
-
-Spawn = Callable[..., WorkerProc]
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> tuple[str, str]:
-    return make_repo(tmp_path / "git")
-
-
-@pytest.fixture
-def spawn(tmp_path: Path, redis_url: str, client: redis.Redis) -> Iterator[Spawn]:
-    workers: list[WorkerProc] = []
-
-    def start(name: str = "w", *, wait: bool = True, url: str | None = None, **overrides: Any) -> WorkerProc:
-        worker = WorkerProc(tmp_path, url or redis_url, f"{name}{len(workers)}", **overrides)
-        workers.append(worker)
-        if wait:
-            target = redis.Redis.from_url(url) if url else client
-            wait_for(lambda: registered(target, worker), 15, f"worker {worker.id} to register")
-        return worker
-
-    yield start
-    for worker in workers:
-        worker.stop()
 
 
 def push(client: redis.Redis, raw: str) -> None:
