@@ -544,7 +544,9 @@ def test_remote_commands_work_in_a_real_shell(tmp_path: Path) -> None:
     """REMOTE_RUN / REMOTE_KILL with sh as the remote login shell (a session leader, as under sshd -tt)."""
     home = tmp_path / "home"
     (home / ".travis-worker").mkdir(parents=True)
-    (home / ".travis-worker" / "build.sh").write_text('sleep 100 & echo $! > "$HOME/child"; sleep 100\n')
+    (home / ".travis-worker" / "build.sh").write_text(
+        'sleep 100 & echo $! > "$HOME/child.tmp" && mv "$HOME/child.tmp" "$HOME/child"; sleep 100\n'
+    )  # written then renamed: the test never reads a created-but-still-empty file
     env = {**os.environ, "HOME": str(home)}
     proc = subprocess.Popen(["sh", "-c", REMOTE_RUN], env=env, start_new_session=True)
     try:
