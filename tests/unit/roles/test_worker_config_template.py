@@ -63,3 +63,16 @@ def test_metrics_turned_on_by_the_role(tmp_path: Path) -> None:
     assert cfg["metrics.address"] == "127.0.0.1"
     assert cfg["metrics.textfile"] == "/var/lib/node_exporter/travis-worker-{vm}.prom"
     assert cfg["vms.count"] == 2
+
+
+def test_build_root_and_payload_size_defaults(tmp_path: Path) -> None:
+    cfg = load_config(str(render(tmp_path)), {"VM": "worker-1"})
+    assert cfg["build_root"] is None  # the runner's default, $TMPDIR/travis-worker-builds
+    assert cfg["limits.payload_size"] == 1048576
+
+
+def test_build_root_and_payload_size_set_by_the_role(tmp_path: Path) -> None:
+    path = render(tmp_path, worker_build_root="/srv/travis-builds", worker_payload_size=4194304)
+    cfg = load_config(str(path), {"VM": "worker-1"})
+    assert cfg["build_root"] == "/srv/travis-builds"
+    assert cfg["limits.payload_size"] == 4194304
