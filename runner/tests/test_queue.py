@@ -34,7 +34,8 @@ def test_push_and_take_are_resque_shaped(client: redis.Redis) -> None:
     assert taken is not None and taken.raw == job(1) and taken.error is None
     assert client.llen("resque:queue:builds") == 0
     assert client.lrange("resque:processing:host:1:builds", 0, -1) == [taken.raw]
-    q.start(taken, now_iso())
+    assert q.start(taken, now_iso(), 1) == 1  # the first run of job 1, numbered in the same round trip
+    assert client.get("resque:travis:attempt:1") == "1" and client.ttl("resque:travis:attempt:1") > 0
     doc = json.loads(client.get("resque:worker:host:1:builds"))
     assert doc["queue"] == "builds" and doc["payload"] == json.loads(job(1)) and doc["run_at"]
     assert q.finish(taken, ["report"])

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import threading
+from typing import Any
 
+import pytest
 import redis
 from harness import wait_for
 from travis_lab.ciapp import CIApp
 from travis_worker.keys import Keys
 from travis_worker.reporter import (
     LOG_PART_BYTES,
+    DeliveryError,
     HttpTransport,
     LogStream,
     RedisTransport,
@@ -86,16 +89,115 @@ def test_http_permanent_refusal_is_dropped_not_retried_forever(client: redis.Red
         app.stop()
 
 
+def commands(client: redis.Redis, name: str) -> int:
+    """Successful calls of command `name` since CONFIG RESETSTAT (a first EVALSHA fails with NOSCRIPT)."""
+    stats = client.info("commandstats").get(f"cmdstat_{name}", {})
+    failed = int(stats.get("failed_calls", 0)) + int(stats.get("rejected_calls", 0))
+    return int(stats.get("calls", 0)) - failed
+
+
+def test_sender_reads_and_pops_a_batch_in_one_round_trip_each(client: redis.Redis) -> None:
+    """Three reports queued at once (what a job's end queues): one LRANGE and one compare-and-pop, not a
+    LINDEX and a pop per report."""
+    app = CIApp(username="u", token="t").start()
+    outbox = K.outbox(WID)
+    entries = [log_entry(4, 1, "x"), log_entry(4, 2, "", final=True), state_entry(4, "finished", WID)]
+    client.rpush(outbox, *entries)
+    client.config_resetstat()
+    sender = Sender(client, K, WID, HttpTransport(app.url, "u", "t", timeout=2))
+    sender.start()
+    try:
+        wait_for(lambda: len(app.accepted()) == 3, 10, "three reports delivered")
+        wait_for(lambda: client.llen(outbox) == 0, 10, "outbox drained")
+    finally:
+        sender.stop()
+        sender.join(5)
+        app.stop()
+    bodies = [r.body for r in app.accepted()]
+    assert [b.get("number") or b.get("state") for b in bodies] == [1, 2, "finished"]
+    assert commands(client, "evalsha") + commands(client, "eval") == 1
+    assert commands(client, "lindex") == 3  # the three compare steps inside that one script
+    assert commands(client, "lpop") == 0
+    assert commands(client, "lrange") <= 2  # the batch, then (maybe) one look at the empty outbox
+
+
+def test_http_batch_pops_only_what_was_delivered_before_a_failure(client: redis.Redis) -> None:
+    app = CIApp(username="u", token="t").start()
+    outbox = K.outbox(WID)
+    entries = [state_entry(5, "received", WID), state_entry(5, "started", WID), log_entry(5, 1, "x")]
+    client.rpush(outbox, *entries)
+    transport = HttpTransport(app.url, "u", "t", timeout=2)
+    deliver = transport.deliver
+
+    def deliver_then_outage(entry: dict[str, Any]) -> None:
+        deliver(entry)
+        app.refuse(True)  # the app goes away after the first report
+
+    transport.deliver = deliver_then_outage  # type: ignore[method-assign]
+    try:
+        with pytest.raises(DeliveryError):
+            Sender(client, K, WID, transport)._send_batch()
+        assert client.lrange(outbox, 0, -1) == entries[1:]
+        assert [r.body["state"] for r in app.accepted()] == ["received"]
+    finally:
+        app.stop()
+
+
 def test_log_stream_numbers_parts_and_keeps_utf8_whole(client: redis.Redis) -> None:
     stream = LogStream(client, K, WID, 3, lambda: None, attempt=2)
     text = "héllo wörld ✓\n" * 2000
     data = text.encode()
     for i in range(0, len(data), 7):  # split inside multi-byte characters on purpose
         stream.write(data[i : i + 7])
-    final = json.loads(stream.close())
-    parts = [json.loads(x)["body"] for x in client.lrange(K.outbox(WID), 0, -1)]
+    *last, final_entry = stream.close()  # not queued yet: the worker's finishing transaction queues them
+    final = json.loads(final_entry)
+    queued = client.lrange(K.outbox(WID), 0, -1)
+    parts = [json.loads(x)["body"] for x in [*queued, *last]]
     assert [p["number"] for p in parts] == list(range(1, len(parts) + 1))
     assert len(parts) >= 2 and all(len(p["log"]) <= LOG_PART_BYTES for p in parts)  # bounded parts
     assert "".join(p["log"] for p in parts) == text
     assert all(p["attempt"] == 2 for p in parts)
     assert final["body"] == {"id": 3, "attempt": 2, "number": len(parts) + 1, "log": "", "final": True}
+
+
+def test_log_stream_close_leaves_the_last_parts_to_the_finishing_transaction(client: redis.Redis) -> None:
+    """Output written just before the build ended is not pushed on its own (a round trip and a sender wake-up
+    while the job finishes): close() returns it with the final part, for queue.finish to queue atomically."""
+    woken = []
+    stream = LogStream(client, K, WID, 9, lambda: woken.append(1), attempt=1)
+    stream.write(b"last words\r\n")
+    entries = [json.loads(e)["body"] for e in stream.close()]
+    assert client.llen(K.outbox(WID)) == 0 and not woken
+    assert entries == [
+        {"id": 9, "attempt": 1, "number": 1, "log": "last words\r\n", "final": False},
+        {"id": 9, "attempt": 1, "number": 2, "log": "", "final": True},
+    ]
+
+
+def test_http_transport_reconnects_when_the_app_dropped_the_kept_alive_connection() -> None:
+    app = CIApp(username="u", token="t").start()
+    transport = HttpTransport(f"http://127.0.0.1:{app.port}/", "u", "t", timeout=2)
+    try:
+        transport.deliver(json.loads(state_entry(1, "received", WID)))
+        app.refuse(True, mode="close")  # the app drops the connection
+        with pytest.raises(DeliveryError):
+            transport.deliver(json.loads(state_entry(1, "started", WID)))
+        app.refuse(False)
+        transport.deliver(json.loads(state_entry(1, "started", WID)))
+        assert [(r.path, r.body["state"], r.authorized) for r in app.accepted()] == [
+            ("/jobs/1", "received", True),
+            ("/jobs/1", "started", True),
+        ]
+    finally:
+        transport.close()
+        app.stop()
+
+
+def test_http_transport_uses_requests_when_a_proxy_applies(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("NO_PROXY", "no_proxy", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+    assert HttpTransport("https://ci.example.org/api", "u", "t").session is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example.org:3128")
+    assert HttpTransport("https://ci.example.org/api", "u", "t").session is not None
+    monkeypatch.setenv("NO_PROXY", "ci.example.org")
+    assert HttpTransport("https://ci.example.org/api", "u", "t").session is None

@@ -81,7 +81,7 @@ def test_http_sender_pops_only_the_report_it_delivered(client: redis.Redis) -> N
 
     transport.deliver = deliver_while_reaped  # type: ignore[method-assign]
     try:
-        assert Sender(client, K, WID, transport)._send_one()
+        assert Sender(client, K, WID, transport)._send_batch()
         assert client.lrange(outbox, 0, -1) == [newer]
         assert [r.body["state"] for r in app.accepted()] == ["received"]
     finally:
@@ -92,7 +92,7 @@ def test_redis_sender_delivers_and_pops_only_the_head_it_read(client: redis.Redi
     outbox = K.outbox(WID)
     read, newer = state_entry(1, "received", WID), state_entry(1, "started", WID)
     client.rpush(outbox, newer)  # the head changed after the sender read `read`
-    RedisTransport(K).send(client, outbox, read, json.loads(read))
+    RedisTransport(K).send(client, outbox, [(read, json.loads(read))])
     assert client.lrange(outbox, 0, -1) == [newer]
     assert client.llen(K.reporting) == 0
 

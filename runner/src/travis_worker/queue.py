@@ -248,18 +248,18 @@ class Queue:
         pipe.lpush(self.keys.queue(queue), bumped)
         return "requeued"
 
-    def start(self, envelope: Envelope, run_at: str) -> None:
+    def start(self, envelope: Envelope, run_at: str, job_id: int) -> int:
+        """Mark the job as ours and running (`<ns>:worker:<id>`) and number this run of job `job_id`: 1, 2,
+        ... whatever requeued it (kept 30 days). One MULTI, one round trip; returns the attempt number."""
         doc = json.dumps({"queue": self.queue, "run_at": run_at, "payload": envelope.stored})
-        self.r.set(self.keys.worker(self.worker_id), doc)
-        self._working = (envelope.raw, doc)
-
-    def begin_attempt(self, job_id: int) -> int:
-        """The number of this run of job `job_id`: 1, 2, ... whatever requeued it (kept 30 days)."""
         key = self.keys.attempt(job_id)
         pipe = self.r.pipeline(transaction=True)
+        pipe.set(self.keys.worker(self.worker_id), doc)
         pipe.incr(key)
         pipe.expire(key, ATTEMPT_TTL)
-        return int(pipe.execute()[0])
+        attempt = int(pipe.execute()[1])
+        self._working = (envelope.raw, doc)
+        return attempt
 
     def restore_registration(self) -> int:
         """Undo a foreign Resque `prune_dead_workers` that unregistered this live worker (it deleted our

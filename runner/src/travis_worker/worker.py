@@ -387,14 +387,13 @@ class Worker:
             self._start_shutdown_timer()
         outbox = self.keys.outbox(self.id)
         try:
-            push_with_retry(lambda: self.queue.start(envelope, now_iso()), "marking the job as running")
             attempt = 0
 
             def begin() -> None:
                 nonlocal attempt
-                attempt = self.queue.begin_attempt(job.id)
+                attempt = self.queue.start(envelope, now_iso(), job.id)
 
-            push_with_retry(begin, "numbering the attempt")
+            push_with_retry(begin, "marking the job as running")
             self.set_state("working")
             received = state_entry(job.id, "received", self.id, attempt)
             push_with_retry(lambda: self.r.rpush(outbox, received), "queueing the received report")
@@ -418,9 +417,11 @@ class Worker:
                 secrets=secure_values(job, self.cfg["git.base_url"]),
             )
             result = self._execute(job, stream)
-            final_part = stream.close()
+            last_parts = stream.close()  # the last log parts and the final part, queued by _finish
             if self.abort_reason is not None:
                 log.warning("job %s stopped and requeued: %s", job.id, self.abort_reason)
+                if len(last_parts) > 1:  # the output of this run up to the stop, without a final part
+                    push_with_retry(lambda: self.r.rpush(outbox, *last_parts[:-1]), "queueing the last parts")
                 reason = self.abort_reason
                 push_with_retry(
                     lambda: self.metrics.job_requeued(
@@ -432,7 +433,7 @@ class Worker:
             finished = state_entry(
                 job.id, "finished", self.id, attempt, result=result.state, reason=result.reason
             )
-            self._finish(envelope, [final_part, finished])
+            self._finish(envelope, [*last_parts, finished])
             self.metrics.job_finished(result.state, result.duration)
             log.info(
                 "job %s finished: %s%s", job.id, result.state, f" ({result.reason})" if result.reason else ""
