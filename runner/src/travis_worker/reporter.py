@@ -381,12 +381,11 @@ class LogStream:
         return parts
 
     def close(self) -> list[str]:
-        """Stop the thread; returns the entries not queued yet, for the finishing transaction to queue in the
-        same round trip: the last log parts (if any output came since the last flush), then the final (empty)
-        part."""
+        """Stop the thread (not waiting for it to be scheduled); returns the entries not queued yet, for the
+        finishing transaction to queue in the same round trip: the last log parts (if any output came since
+        the last flush), then the final (empty) part. No write may follow."""
         self._closed.set()
-        self._wake.set()
-        self._thread.join()
+        self._wake.set()  # the thread ends by itself; a flush it is in finishes first (_flush_lock)
         tail = self._decoder.decode(b"", final=True)
         if tail:
             with self._lock:
