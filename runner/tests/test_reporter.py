@@ -194,9 +194,11 @@ def test_http_transport_reconnects_when_the_app_dropped_the_kept_alive_connectio
 
 
 def test_http_transport_uses_requests_when_a_proxy_applies(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("NO_PROXY", "no_proxy", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+    for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")  # a bundle: still direct
     assert HttpTransport("https://ci.example.org/api", "u", "t").session is None
+    assert HttpTransport("http://ci.example.org/api", "u", "t").session is None
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example.org:3128")
     assert HttpTransport("https://ci.example.org/api", "u", "t").session is not None
     monkeypatch.setenv("NO_PROXY", "ci.example.org")

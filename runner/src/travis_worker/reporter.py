@@ -95,10 +95,10 @@ class HttpTransport:
     """state: PUT <url>/jobs/<id>; log part: PUT <url>/jobs/<id>/log. JSON bodies, HTTP basic auth.
 
     Direct connections use one keep-alive ``http.client`` connection (a PUT costs the worker about a third of
-    what it costs through requests); https verifies with certifi's CA bundle, as requests does. When the
-    environment sets a proxy for the app's URL (``HTTP(S)_PROXY``/``ALL_PROXY``, not bypassed by ``NO_PROXY``)
-    or a CA bundle (``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``), reports go through a requests session, which
-    honours them."""
+    what it costs through requests); https verifies as requests does (``REQUESTS_CA_BUNDLE``,
+    ``CURL_CA_BUNDLE``, else certifi's bundle). When the environment sets a proxy for the app's URL
+    (``HTTP(S)_PROXY``/``ALL_PROXY``, not bypassed by ``NO_PROXY``), reports go through a requests session,
+    which speaks to proxies."""
 
     def __init__(self, url: str, username: str, token: str, timeout: float = 10.0):
         self.url = url.rstrip("/")
@@ -173,7 +173,7 @@ class HttpTransport:
 
     def _connect(self) -> http.client.HTTPConnection:
         if self._scheme == "https":
-            context = ssl.create_default_context(cafile=requests.certs.where())  # certifi, as requests
+            context = _tls_context()
             return http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout, context=context)
         return http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
 
@@ -183,10 +183,18 @@ class HttpTransport:
             self._conn = None
 
 
+def _tls_context() -> ssl.SSLContext:
+    """Verification as requests does it: REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE (a file or a directory), else
+    certifi's bundle."""
+    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    bundle = bundle or requests.certs.where()
+    if os.path.isdir(bundle):
+        return ssl.create_default_context(capath=bundle)
+    return ssl.create_default_context(cafile=bundle)
+
+
 def _needs_requests(scheme: str, host: str) -> bool:
-    """A proxy or a CA bundle from the environment applies to the app's URL (requests honours those)."""
-    if os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE"):
-        return True
+    """A proxy from the environment applies to the app's URL (requests speaks to proxies)."""
     proxies = urllib.request.getproxies()
     proxy = proxies.get(scheme) or proxies.get("all")
     return bool(proxy) and not urllib.request.proxy_bypass(host)
