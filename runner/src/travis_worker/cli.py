@@ -176,9 +176,7 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
     if not rows:
         print("no workers registered")
         return EXIT_OK
-    print(
-        f"{'WORKER':40} {'STATE':8} {'JOB':>10} {'VM':12} {'BEAT AGE':>9} {'DONE':>6} {'FAILED':>6} IMAGE"
-    )
+    print(f"{'WORKER':40} {'STATE':8} {'JOB':>10} {'VM':12} {'BEAT AGE':>9} {'DONE':>6} {'FAILED':>6} IMAGE")
     for row in rows:
         age = "-" if row["heartbeat_age"] is None else f"{row['heartbeat_age']:.1f}s"
         image = f"{row['image']['version']} ({row['image']['digest'][:12]})" if row["image"] else "-"
