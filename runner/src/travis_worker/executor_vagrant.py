@@ -203,6 +203,7 @@ class VagrantExecutor:
             )
             self._declined = image.version
             return None
+        self._declined = None
         if self.image is not None and self.image.version == image.version:
             return None
         return image
