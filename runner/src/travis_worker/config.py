@@ -38,6 +38,8 @@ SCHEMA: dict[str, tuple[tuple[type, ...], Any]] = {
     "vms.project_dir": ((str,), None),
     "vms.count": ((int,), 1),
     "vms.name_prefix": ((str,), "worker-"),
+    "vms.image_store": ((str,), None),  # published images (docs/runner.md, "Images"); off when unset
+    "vms.box": ((str,), None),  # the box name the VMs' images are published under (with vms.image_store)
     "git.base_url": ((str,), "https://github.com"),
     "git.clone_depth": ((int,), 50),
     "timeouts.hard_limit": (NUMBER, 3000),

@@ -242,7 +242,13 @@ def stream_process(
 
 
 def make_executor(
-    provider: str, *, project_dir: Optional[str], vm_name: Optional[str], build_root: Optional[str] = None
+    provider: str,
+    *,
+    project_dir: Optional[str],
+    vm_name: Optional[str],
+    build_root: Optional[str] = None,
+    image_store: Optional[str] = None,
+    box: Optional[str] = None,
 ) -> Executor:
     """An executor for ``vms.provider``: ``local`` (builds in ``build_root``), ``virtualbox`` or ``lxc``."""
     if provider == "local":
@@ -256,5 +262,7 @@ def make_executor(
             )
         from .executor_vagrant import VagrantExecutor
 
-        return VagrantExecutor(provider, project_dir=project_dir, vm_name=vm_name)
+        return VagrantExecutor(
+            provider, project_dir=project_dir, vm_name=vm_name, image_store=image_store, box=box
+        )
     raise ValueError(f"vms.provider: {provider!r} is not one of {', '.join(PROVIDERS)}")

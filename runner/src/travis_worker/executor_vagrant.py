@@ -21,14 +21,18 @@ worker dies, the ssh client dies with it and sshd hangs up the remote session.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shlex
 import tempfile
 import threading
 import time
-from typing import Callable, Optional
+import uuid as uuidlib
+from pathlib import Path
+from typing import Any, Callable, Optional
 
+from . import images
 from .executor import BuildResult, Limits, SandboxError, spawn_in_pty, stream_process
 from .vagrant import (
     OFFLINE_STATES,
@@ -49,6 +53,7 @@ from .vagrant import (
 
 log = logging.getLogger(__name__)
 
+VBOX_IMAGE_RECORD = "travis_image.json"  # beside Vagrant's id: {"uuid", "version", "digest", "box"}
 REMOTE_DIR = "$HOME/.travis-worker"
 _UPLOAD = f'mkdir -p "{REMOTE_DIR}" && rm -f "{REMOTE_DIR}/pgid" && cat > "{REMOTE_DIR}/build.sh"'
 # sshd makes the login shell of a PTY session a session leader; `exec` keeps that pid, so the build's
@@ -95,6 +100,10 @@ class VagrantExecutor:
         retries: int = 5,
         settle_timeout: float = 60.0,
         clock: Callable[[], float] = time.time,
+        image_store: Optional[str] = None,
+        box: Optional[str] = None,
+        new_uuid: Callable[[], str] = lambda: str(uuidlib.uuid4()),
+        switch_retry_after: float = 600.0,
     ) -> None:
         if provider not in ("virtualbox", "lxc"):
             raise ValueError(f"vms.provider: {provider!r} is not a Vagrant provider (virtualbox, lxc)")
@@ -116,6 +125,13 @@ class VagrantExecutor:
         self.clock = clock
         self._ssh_config: Optional[str] = None
         self._host: Optional[str] = None
+        # the published image (images.py) this VM runs: {"version", "digest"} or None (reported in Redis)
+        self.image_store = image_store
+        self.box = box
+        self.new_uuid = new_uuid
+        self.switch_retry_after = switch_retry_after
+        self.image: Optional[dict[str, str]] = None
+        self._switch_failed: dict[str, float] = {}  # version -> monotonic time of its last failed switch
         # lines for the start of the next build's log (re-created VM, guest clock)
         self.notes: list[str] = []
 
@@ -144,6 +160,8 @@ class VagrantExecutor:
         log.info("VM %s reset (%s) in %.1f s", self.vm_name, self.provider, time.monotonic() - started)
 
     def _reset_virtualbox(self) -> None:
+        if self._switch_virtualbox_if_due():
+            return  # a fresh linked clone, booted once, `sandbox` just taken of it: that is the clean state
         uuid = virtualbox_id(self.project_dir, self.vm_name)
         if SANDBOX_SNAPSHOT not in self.vbox.snapshots(uuid):
             self._recreate_virtualbox(f"it has no snapshot {SANDBOX_SNAPSHOT!r}")
@@ -209,6 +227,141 @@ class VagrantExecutor:
         self.vagrant.destroy(self.vm_name)
         self.vagrant.up(self.vm_name, "virtualbox")
         self.vbox.take_snapshot(virtualbox_id(self.project_dir, self.vm_name), SANDBOX_SNAPSHOT)
+
+    # --- VirtualBox: switching to a published image (issue #13) ------------------------------------
+
+    def _vbox_data_dir(self) -> Path:
+        return Path(self.project_dir) / ".vagrant" / "machines" / self.vm_name / "virtualbox"
+
+    def _vbox_running_image(self) -> Optional[dict[str, Any]]:
+        """The image record of this VM (``travis_image.json`` beside Vagrant's ``id``), if it names this VM.
+
+        A VM re-created from its box gets a new id, so a record naming another id means "no image".
+        """
+        try:
+            record = json.loads((self._vbox_data_dir() / VBOX_IMAGE_RECORD).read_text(encoding="utf-8"))
+            current = virtualbox_id(self.project_dir, self.vm_name)
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) and record.get("uuid") == current else None
+
+    def _switch_virtualbox_if_due(self) -> bool:
+        """Switch the VM to the store's ``current`` image when it runs another one; True when it did.
+
+        A failed switch leaves the VM on what it ran (the normal reset follows), says why in the worker
+        log and the next build's log, and is tried again for that version after ``switch_retry_after`` s.
+        """
+        if not (self.image_store and self.box):
+            return False
+        running = self._vbox_running_image()
+        self.image = {"version": running["version"], "digest": running["digest"]} if running else None
+        try:
+            image = images.wanted(self.image_store, self.box)
+        except (OSError, ValueError) as exc:
+            log.warning("VM %s: cannot read the image store %s: %s", self.vm_name, self.image_store, exc)
+            image = None
+        if image is not None and (running is None or running.get("version") != image.version):
+            failed_at = self._switch_failed.get(image.version)
+            if image.provider != "virtualbox":
+                log.warning("VM %s: image %s %s is for %s, not virtualbox; not switching", self.vm_name,
+                            self.box, image.version, image.provider)  # fmt: skip
+            elif failed_at is None or time.monotonic() - failed_at >= self.switch_retry_after:
+                try:
+                    self._switch_virtualbox(image)
+                    return True
+                except (CommandError, OSError, ValueError, KeyError, SandboxError) as exc:
+                    self._switch_failed[image.version] = time.monotonic()
+                    was = f"image {running['version']}" if running else "the VM it had (no published image)"
+                    message = (
+                        f"VM {self.vm_name}: switching to image {self.box} {image.version} failed; it stays "
+                        f"on {was}: {exc}"
+                    )
+                    log.warning("%s", message)
+                    self.notes.append(message)
+        images.write_user(self.image_store, self.box, self.vm_name, running["version"] if running else None)
+        return False
+
+    def _switch_virtualbox(self, image: images.Image) -> None:
+        """Replace the VM by a linked clone of the image VM's snapshot; delete the old VM once it works.
+
+        Power the old VM off (the clone gets the same forwarded ports), ``clonevm --options link`` under a
+        temporary name and a new UUID, rename the old VM (the Vagrantfile's ``vb.name`` is unique, and
+        Vagrant's SetName refuses a name another VM holds), point Vagrant at the clone (``id``, and the
+        image's ``private_key`` as Vagrant's Import#clone copies the master's), ``vagrant up --no-provision``
+        (its boot actions for a created VM: name, forwarded ports, NICs, memory/cpus, hostname), take
+        ``sandbox``, wait for SSH. Any failure before that: the clone is deleted and Vagrant points at the
+        old VM again, under its old name.
+        """
+        started = time.monotonic()
+        spec = json.loads((image.path / "vm.json").read_text(encoding="utf-8"))
+        source, snapshot = str(spec["uuid"]), str(spec["snapshot"])
+        key = (image.path / "private_key").read_bytes()
+        data_dir = self._vbox_data_dir()
+        id_file, key_file = data_dir / "id", data_dir / "private_key"
+        old = id_file.read_text(encoding="utf-8").strip() if id_file.is_file() else ""
+        old_key = key_file.read_bytes() if key_file.is_file() else None
+        old_name = ""
+        if old:
+            self._power_off(old)
+            old_name = self.vbox.info(old).get("name", "")
+        new = self.new_uuid()
+        log.info("VM %s: switching to image %s %s (linked clone %s of %s, snapshot %r)", self.vm_name,
+                 self.box, image.version, new, source, snapshot)  # fmt: skip
+        self.vbox.clone_linked(
+            source, snapshot, name=f"travis-{self.vm_name}-{image.version}-{new[:8]}", uuid=new
+        )
+        renamed = False
+        try:
+            if old and old_name:
+                self.vbox.rename(old, f"{old_name}-retired-{old[:8]}")
+                renamed = True
+            data_dir.mkdir(parents=True, exist_ok=True)
+            _write_atomic(id_file, new.encode(), 0o644)
+            _write_atomic(key_file, key, 0o600)
+            self.vagrant.up(self.vm_name, "virtualbox", provision=False)
+            self.vbox.take_snapshot(new, SANDBOX_SNAPSHOT)
+            self._load_ssh_config()
+            self._wait_for_ssh()
+        except (CommandError, OSError, SandboxError):
+            self._undo_switch(new, old, old_name if renamed else "", old_key)
+            raise
+        record = {"uuid": new, "version": image.version, "digest": image.digest, "box": self.box}
+        _write_atomic(data_dir / VBOX_IMAGE_RECORD, json.dumps(record).encode(), 0o644)
+        assert self.image_store and self.box
+        images.write_user(self.image_store, self.box, self.vm_name, image.version)
+        self.image = image.report()
+        if old:
+            try:
+                self.vbox.unregister_delete(old)
+            except CommandError as exc:
+                log.warning("VM %s: the replaced VM %s is still registered; delete it with `VBoxManage "
+                            "unregistervm %s --delete`: %s", self.vm_name, old, old, exc)  # fmt: skip
+        note = (
+            f"VM {self.vm_name}: switched to image {self.box} {image.version} (digest {image.digest[:12]}) "
+            f"in {time.monotonic() - started:.1f} s: linked clone {new} of {source} snapshot {snapshot!r}"
+        )
+        log.info("%s", note)
+        self.notes.append(note)
+
+    def _undo_switch(self, new: str, old: str, old_name: str, old_key: Optional[bytes]) -> None:
+        """Best effort: delete the clone, point Vagrant at the old VM again under its old name."""
+        data_dir = self._vbox_data_dir()
+        for step, action in (
+            ("power off the clone", lambda: self._power_off(new)),
+            ("delete the clone", lambda: self.vbox.unregister_delete(new)),
+            ("rename the old VM back", lambda: self.vbox.rename(old, old_name) if old_name else None),
+        ):
+            try:
+                action()
+            except (CommandError, OSError, SandboxError) as exc:
+                log.warning("VM %s: after the failed switch, could not %s: %s", self.vm_name, step, exc)
+        if old:
+            _write_atomic(data_dir / "id", old.encode(), 0o644)
+        else:
+            (data_dir / "id").unlink(missing_ok=True)
+        if old_key is not None:
+            _write_atomic(data_dir / "private_key", old_key, 0o600)
+        self._ssh_config = self._host = None
 
     def _set_guest_clock(self) -> None:
         """The live snapshot resumes at the time it was taken: set the guest clock to the host's UTC time."""
@@ -338,6 +491,15 @@ class VagrantExecutor:
             log.warning(
                 "VM %s: killing the remote build may have failed: %s", self.vm_name, CommandError(done)
             )
+
+
+def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
 
 
 def _utc(epoch: int) -> str:

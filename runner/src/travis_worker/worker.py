@@ -72,6 +72,8 @@ class Worker:
             project_dir=cfg["vms.project_dir"],
             vm_name=self.vm,
             build_root=cfg["build_root"],
+            image_store=cfg["vms.image_store"],
+            box=cfg["vms.box"],
         )
         self.sender = Sender(self.r, self.keys, self.id, make_transport(cfg, self.keys))
         self.interval = float(cfg["heartbeat_interval"])
