@@ -64,6 +64,7 @@ def publish(store: Path, version: str = VERSION, *, current: bool = True) -> Pat
 def setup(tmp_path: Path) -> Path:
     project_dir(tmp_path)
     (tmp_path / ".vagrant/machines/worker-1/virtualbox/private_key").write_bytes(OLD_KEY)
+    (tmp_path / ".vagrant/machines/worker-1/virtualbox/action_provision").write_text(f"1.5:{OLD}")
     store = tmp_path / "images"
     publish(store)
     return store
@@ -99,7 +100,7 @@ def test_switch_makes_a_linked_clone_of_the_image_snapshot_and_retires_the_old_v
     assert not runner.script
     argvs = [call["argv"] for call in runner.calls]
     assert argvs[2] == [
-        "VBoxManage", "clonevm", IMAGE_VM, "--snapshot", "image", "--options", "link",
+        "VBoxManage", "clonevm", IMAGE_VM, "--snapshot", "image", "--options", "link,KeepNATMACs",
         "--name", f"travis-worker-1-{VERSION}-9f3a2c71", "--uuid", NEW, "--register",
     ]  # fmt: skip
     assert argvs[3] == ["VBoxManage", "modifyvm", OLD, "--name", "travis-worker-1-retired-7d1c8f5e"]
@@ -112,6 +113,7 @@ def test_switch_makes_a_linked_clone_of_the_image_snapshot_and_retires_the_old_v
     assert key.read_bytes() == IMAGE_KEY and stat.S_IMODE(key.stat().st_mode) == 0o600
     assert (store / images.slug(BOX) / "users" / "worker-1").read_text() == VERSION + "\n"
     assert ex.image == {"version": VERSION, "digest": DIGEST}
+    assert (machine(tmp_path) / "action_provision").read_text() == f"1.5:{NEW}"
     record = json.loads((machine(tmp_path) / "travis_image.json").read_text())
     assert record == {"uuid": NEW, "version": VERSION, "digest": DIGEST, "box": BOX}
     first = build_log_start(ex, tmp_path)[0]
@@ -173,6 +175,7 @@ def test_a_failed_up_leaves_the_vm_on_its_old_image_and_says_why(
     assert not runner.script
     assert (machine(tmp_path) / "id").read_text() == OLD
     assert (machine(tmp_path) / "private_key").read_bytes() == OLD_KEY
+    assert (machine(tmp_path) / "action_provision").read_text() == f"1.5:{OLD}"
     assert ["VBoxManage", "unregistervm", OLD, "--delete"] not in [c["argv"] for c in runner.calls]
     assert not (store / images.slug(BOX) / "users" / "worker-1").exists()  # it runs no published image
     assert ex.image is None
@@ -281,3 +284,50 @@ def test_image_store_ignores_a_version_without_image_json(tmp_path: Path) -> Non
     assert images.slug("twlab/debian12") == "twlab-VAGRANTSLASH-debian12"
     images.write_user(str(store), BOX, "worker-1", VERSION)
     assert os.listdir(store / images.slug(BOX) / "users") == ["worker-1"]
+
+
+class VagrantLikeRunner(FakeRunner):
+    """FakeRunner that also does what `vagrant up` does to the data dir before it fails at the boot wait:
+    Vagrant's Provision action removes a sentinel naming another machine id (provision.rb), and with
+    --no-provision writes none."""
+
+    def __init__(self, script: list, data_dir: Path) -> None:
+        super().__init__(script)
+        self.data_dir = data_dir
+
+    def __call__(self, argv: list[str], **kw):  # type: ignore[override]
+        if argv[:2] == ["vagrant", "up"]:
+            sentinel = self.data_dir / "action_provision"
+            if sentinel.read_text() != f"1.5:{(self.data_dir / 'id').read_text()}":
+                sentinel.unlink()
+        return super().__call__(argv, **kw)
+
+
+def test_a_boot_timeout_powers_the_clone_off_deletes_it_and_restores_vagrants_files(tmp_path: Path) -> None:
+    store = setup(tmp_path)
+    running = recording("showvminfo_clone_poweroff.json")
+    running_stdout = running[2].replace('VMState="poweroff"', 'VMState="running"')
+    runner = VagrantLikeRunner(
+        [
+            *switch_steps(tmp_path)[:4],
+            recording("vagrant_up_boot_timeout.json"),
+            # the clone booted: provenance as showvminfo_clone_poweroff.json, VMState "running"
+            (running[0], 0, running_stdout, ""),
+            (["VBoxManage", "controlvm", NEW, "poweroff"], *recording("controlvm_poweroff.json")[1:]),
+            running,
+            recording("unregistervm_delete_clone.json"),
+            recording("modifyvm_rename_back.json"),
+            *restore_steps(OLD, "showvminfo_named_poweroff.json"),
+            *ssh_tail(tmp_path),
+        ],
+        machine(tmp_path),
+    )
+    ex = image_executor(tmp_path, runner, store)
+    ex.prepare()
+    assert not runner.script
+    assert (machine(tmp_path) / "id").read_text() == OLD
+    assert (machine(tmp_path) / "action_provision").read_text() == f"1.5:{OLD}"
+    assert (machine(tmp_path) / "private_key").read_bytes() == OLD_KEY
+    first = build_log_start(ex, tmp_path)[0]
+    assert "`vagrant up worker-1 --provider=virtualbox --no-provision` exited with 1" in first
+    assert "config.vm.boot_timeout" in first

@@ -54,6 +54,7 @@ from .vagrant import (
 log = logging.getLogger(__name__)
 
 VBOX_IMAGE_RECORD = "travis_image.json"  # beside Vagrant's id: {"uuid", "version", "digest", "box"}
+VAGRANT_PROVISIONED = "action_provision"  # Vagrant's provisioning sentinel in the machine's data dir
 REMOTE_DIR = "$HOME/.travis-worker"
 _UPLOAD = f'mkdir -p "{REMOTE_DIR}" && rm -f "{REMOTE_DIR}/pgid" && cat > "{REMOTE_DIR}/build.sh"'
 # sshd makes the login shell of a PTY session a session leader; `exec` keeps that pid, so the build's
@@ -299,7 +300,11 @@ class VagrantExecutor:
         data_dir = self._vbox_data_dir()
         id_file, key_file = data_dir / "id", data_dir / "private_key"
         old = id_file.read_text(encoding="utf-8").strip() if id_file.is_file() else ""
-        old_key = key_file.read_bytes() if key_file.is_file() else None
+        kept = {
+            n: (data_dir / n).read_bytes()
+            for n in ("private_key", VAGRANT_PROVISIONED)
+            if (data_dir / n).is_file()
+        }
         old_name = ""
         if old:
             self._power_off(old)
@@ -323,8 +328,12 @@ class VagrantExecutor:
             self._load_ssh_config()
             self._wait_for_ssh()
         except (CommandError, OSError, SandboxError):
-            self._undo_switch(new, old, old_name if renamed else "", old_key)
+            self._undo_switch(new, old, old_name if renamed else "", kept)
             raise
+        # Vagrant's Provision action removed the sentinel naming the old id and, with --no-provision, wrote
+        # none: write it for the clone ("1.5:<id>", lib/vagrant/action/builtin/provision.rb), or the next
+        # plain `vagrant up` of this machine would run the provisioners on the image again.
+        _write_atomic(data_dir / VAGRANT_PROVISIONED, f"1.5:{new}".encode(), 0o644)
         record = {"uuid": new, "version": image.version, "digest": image.digest, "box": self.box}
         _write_atomic(data_dir / VBOX_IMAGE_RECORD, json.dumps(record).encode(), 0o644)
         assert self.image_store and self.box
@@ -343,8 +352,11 @@ class VagrantExecutor:
         log.info("%s", note)
         self.notes.append(note)
 
-    def _undo_switch(self, new: str, old: str, old_name: str, old_key: Optional[bytes]) -> None:
-        """Best effort: delete the clone, point Vagrant at the old VM again under its old name."""
+    def _undo_switch(self, new: str, old: str, old_name: str, kept: dict[str, bytes]) -> None:
+        """Best effort: delete the clone, point Vagrant at the old VM again under its old name.
+
+        ``kept``: the files of Vagrant's data dir the switch replaced (private_key, the provision sentinel).
+        """
         data_dir = self._vbox_data_dir()
         for step, action in (
             ("power off the clone", lambda: self._power_off(new)),
@@ -359,8 +371,11 @@ class VagrantExecutor:
             _write_atomic(data_dir / "id", old.encode(), 0o644)
         else:
             (data_dir / "id").unlink(missing_ok=True)
-        if old_key is not None:
-            _write_atomic(data_dir / "private_key", old_key, 0o600)
+        for name in ("private_key", VAGRANT_PROVISIONED):
+            if name in kept:
+                _write_atomic(data_dir / name, kept[name], 0o600 if name == "private_key" else 0o644)
+            else:
+                (data_dir / name).unlink(missing_ok=True)
         self._ssh_config = self._host = None
 
     def _set_guest_clock(self) -> None:

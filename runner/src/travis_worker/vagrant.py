@@ -225,14 +225,17 @@ class VBoxManage:
     def clone_linked(self, source: str, snapshot: str, *, name: str, uuid: str) -> None:
         """A linked clone of ``source``'s snapshot, registered under ``name`` with the given ``uuid``.
 
-        VBoxManageMisc.cpp handleCloneVM(): ``--snapshot`` selects the snapshot's machine, ``--options
-        link`` makes the disks differencing images of that snapshot's (CloneOptions_Link), ``--uuid`` is
-        the new machine's UUID (CreateMachine flag ``UUID=``), ``--register`` registers it. Progress goes
-        to stderr, then stdout says ``Machine has been successfully cloned as "NAME"``. Vagrant's driver
-        (version_5_0.rb clonevm()) does the same without ``--uuid`` and looks the id up by name after.
+        VBoxManageMisc.cpp handleCloneVM(): ``--snapshot`` selects the snapshot's machine, ``--options``
+        ``link`` makes the disks differencing images of that snapshot's (CloneOptions_Link) and
+        ``KeepNATMACs`` keeps the NAT adapters' MAC addresses (parseCloneOptions()), ``--uuid`` is the new
+        machine's UUID (CreateMachine flag ``UUID=``), ``--register`` registers it. Progress goes to stderr,
+        then stdout says ``Machine has been successfully cloned as "NAME"``. Vagrant's driver
+        (version_5_0.rb clonevm()) clones with ``--options link`` and no ``--uuid`` (it looks the id up by
+        name), then its MatchMACAddress action gives the NAT adapter the box's ``base_mac``; keeping the
+        image VM's NAT MAC does the same here (guests that pin their network to the MAC keep working).
         """
         self._run(
-            "clonevm", source, "--snapshot", snapshot, "--options", "link", "--name", name,
+            "clonevm", source, "--snapshot", snapshot, "--options", "link,KeepNATMACs", "--name", name,
             "--uuid", uuid, "--register", timeout=900,
         )  # fmt: skip
 
