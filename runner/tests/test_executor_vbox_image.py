@@ -96,7 +96,9 @@ def test_switch_makes_a_linked_clone_of_the_image_snapshot_and_retires_the_old_v
     store = setup(tmp_path)
     runner = FakeRunner([*switch_steps(tmp_path), *ssh_tail(tmp_path)])
     ex = image_executor(tmp_path, runner, store)
+    assert ex.image_due()
     ex.prepare()
+    assert not ex.image_due()
     assert not runner.script
     argvs = [call["argv"] for call in runner.calls]
     assert argvs[2] == [
@@ -197,6 +199,7 @@ def test_a_missing_image_snapshot_changes_nothing_and_is_not_retried_at_every_jo
     ex = image_executor(tmp_path, runner, store)
     ex.prepare()
     assert not runner.script
+    assert not ex.image_due()  # not before switch_retry_after
     assert (machine(tmp_path) / "id").read_text() == OLD
     assert not any(c["argv"][1] in ("modifyvm", "unregistervm") for c in runner.calls)
     assert "Could not find a snapshot named 'image'" in build_log_start(ex, tmp_path)[0]
@@ -331,3 +334,19 @@ def test_a_boot_timeout_powers_the_clone_off_deletes_it_and_restores_vagrants_fi
     first = build_log_start(ex, tmp_path)[0]
     assert "`vagrant up worker-1 --provider=virtualbox --no-provision` exited with 1" in first
     assert "config.vm.boot_timeout" in first
+
+
+def test_a_users_record_that_cannot_be_written_does_not_stop_the_reset(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = setup(tmp_path)
+    record = {"uuid": OLD, "version": VERSION, "digest": DIGEST, "box": BOX}
+    (machine(tmp_path) / "travis_image.json").write_text(json.dumps(record))
+    (store / images.slug(BOX) / "users").write_text("not a directory")
+    runner = FakeRunner([*restore_steps(OLD, "showvminfo_named_poweroff.json"), *ssh_tail(tmp_path)])
+    ex = image_executor(tmp_path, runner, store)
+    assert not ex.image_due()
+    with caplog.at_level("WARNING"):
+        ex.prepare()
+    assert not runner.script
+    assert f"cannot record in {store} that it runs {VERSION}" in caplog.text

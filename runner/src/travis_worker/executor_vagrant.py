@@ -279,8 +279,33 @@ class VagrantExecutor:
                     )
                     log.warning("%s", message)
                     self.notes.append(message)
-        images.write_user(self.image_store, self.box, self.vm_name, running["version"] if running else None)
+        self._record_user(running["version"] if running else None)
         return False
+
+    def _record_user(self, version: Optional[str]) -> None:
+        """``users/<vm>`` in the store (pruning keeps what it names); a failure is logged, not fatal."""
+        assert self.image_store and self.box
+        try:
+            images.write_user(self.image_store, self.box, self.vm_name, version)
+        except OSError as exc:
+            log.warning("VM %s: cannot record in %s that it runs %s: %s", self.vm_name, self.image_store,
+                        version or "no image", exc)  # fmt: skip
+
+    def image_due(self) -> bool:
+        """True when the store's ``current`` image differs from the one the VM runs (a readlink and a read).
+
+        An idle worker asks this every few seconds and resets (``prepare()``) at once when it is True.
+        """
+        if self.provider != "virtualbox" or not (self.image_store and self.box):
+            return False
+        wanted = images.current_version(self.image_store, self.box)
+        if wanted is None:
+            return False
+        failed_at = self._switch_failed.get(wanted)
+        if failed_at is not None and time.monotonic() - failed_at < self.switch_retry_after:
+            return False
+        running = self._vbox_running_image()
+        return running is None or running.get("version") != wanted
 
     def _switch_virtualbox(self, image: images.Image) -> None:
         """Replace the VM by a linked clone of the image VM's snapshot; delete the old VM once it works.
@@ -336,8 +361,7 @@ class VagrantExecutor:
         _write_atomic(data_dir / VAGRANT_PROVISIONED, f"1.5:{new}".encode(), 0o644)
         record = {"uuid": new, "version": image.version, "digest": image.digest, "box": self.box}
         _write_atomic(data_dir / VBOX_IMAGE_RECORD, json.dumps(record).encode(), 0o644)
-        assert self.image_store and self.box
-        images.write_user(self.image_store, self.box, self.vm_name, image.version)
+        self._record_user(image.version)
         self.image = image.report()
         if old:
             try:
