@@ -76,8 +76,8 @@ def image_executor(tmp_path: Path, runner: FakeRunner, store: Path, **kw):
 
 def switch_steps(tmp_path: Path) -> list:
     return [
-        recording("showvminfo_named_poweroff.json"),  # _power_off: already off
         recording("showvminfo_named_poweroff.json"),  # its name, to move it out of the clone's way
+        recording("showvminfo_named_poweroff.json"),  # _power_off: already off
         recording("clonevm_linked.json"),
         recording("modifyvm_rename_old.json"),
         (UP, 0, "", ""),
@@ -350,3 +350,30 @@ def test_a_users_record_that_cannot_be_written_does_not_stop_the_reset(
         ex.prepare()
     assert not runner.script
     assert f"cannot record in {store} that it runs {VERSION}" in caplog.text
+
+
+def test_a_vm_virtualbox_no_longer_has_is_replaced_by_the_clone(tmp_path: Path) -> None:
+    """Vagrant's id names a VM that is gone (showvminfo: VBOX_E_OBJECT_NOT_FOUND): the switch repairs it."""
+    store = setup(tmp_path)
+    gone = (
+        ["VBoxManage", "showvminfo", OLD, "--machinereadable"],
+        1,
+        "",
+        fixture("vboxmanage_error_not_found.txt"),
+    )
+    runner = FakeRunner(
+        [
+            gone,
+            recording("clonevm_linked.json"),
+            (UP, 0, "", ""),
+            recording("snapshot_take_clone.json"),
+            ssh_tail(tmp_path)[0],
+            ssh_ready(tmp_path),
+            *ssh_tail(tmp_path),
+        ]
+    )
+    ex = image_executor(tmp_path, runner, store)
+    ex.prepare()
+    assert not runner.script
+    assert not any(c["argv"][1] in ("modifyvm", "unregistervm", "controlvm") for c in runner.calls)
+    assert (machine(tmp_path) / "id").read_text() == NEW

@@ -7,6 +7,9 @@
   destroy`` + ``vagrant up``) and the snapshot taken of that clean VM; worker log and build log say so.
   The live snapshot resumes at the time it was taken, so the guest clock is set from the worker host's
   clock over SSH (``sudo -n date -u -s @EPOCH``) before the build; the build log's first line shows it.
+* ``virtualbox`` with an image store (``vms.image_store``, ``vms.box``): when the store's ``current`` image is
+  another than the VM's, the reset replaces the VM by a linked clone of the image VM's snapshot first (see
+  ``_switch_virtualbox`` and docs/runner.md, "Images"); a failed switch leaves the VM as it was.
 * ``lxc``: vagrant-lxc has no snapshots; the helper ``travis-worker-lxc-sandbox`` (travis.worker.lxc role)
   keeps a copy of the machine's rootfs as its snapshot ``sandbox`` (taken once when missing, so the recipes
   applied to the VM are in it): before each job the container is stopped, the copy restored and the machine
@@ -332,8 +335,18 @@ class VagrantExecutor:
         }
         old_name = ""
         if old:
+            try:
+                old_name = self.vbox.info(old).get("name", "")
+            except CommandError as exc:
+                if "VBOX_E_OBJECT_NOT_FOUND" not in exc.completed.stderr:
+                    raise
+                # Vagrant's id names a VM VirtualBox no longer has: the clone replaces it, nothing to retire
+                log.warning(
+                    "VM %s: its VirtualBox VM %s is gone; replacing it by the clone", self.vm_name, old
+                )
+                old = ""
+        if old:
             self._power_off(old)
-            old_name = self.vbox.info(old).get("name", "")
         new = self.new_uuid()
         log.info("VM %s: switching to image %s %s (linked clone %s of %s, snapshot %r)", self.vm_name,
                  self.box, image.version, new, source, snapshot)  # fmt: skip
