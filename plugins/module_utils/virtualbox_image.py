@@ -41,6 +41,7 @@ from ansible_collections.travis.worker.plugins.module_utils.vboxmanage import VB
 __all__ = [
     "ImageError",
     "activate",
+    "clone_base",
     "linked_clones",
     "parse_medium_info",
     "prune",
@@ -186,6 +187,33 @@ def _read_json(path: Path) -> Optional[dict[str, Any]]:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def clone_base(
+    vbox: VBoxManage, *, store: str, box: str, name: str, uuid: str, linked: bool = False
+) -> dict[str, Any]:
+    """A new base VM for the next build, cloned from the snapshot of the image ``current`` names.
+
+    ``clonevm <image VM> --snapshot <snapshot> --name NAME --uuid UUID --register`` (VBoxManageMisc.cpp
+    handleCloneVM()). A full clone by default: a linked one would make the new image's disks children of the
+    old image's, so the old version could never be pruned and every round would add a level to the chain.
+    The caller points Vagrant's ``base`` machine at ``uuid`` (``.vagrant/machines/base/virtualbox/id``) and
+    copies the returned ``private_key`` path to its data dir.
+    """
+    version = _current(store, box)
+    path = _box_dir(store, box) / (version or "")
+    vm = _read_json(path / VM_JSON) if version else None
+    if not vm or not (path / IMAGE_JSON).is_file():
+        raise ImageError(
+            f"{_box_dir(store, box)}: no published image (current); build the base VM from the box"
+        )
+    args = ["clonevm", str(vm["uuid"]), "--snapshot", str(vm["snapshot"])]
+    if linked:
+        args += ["--options", "link"]
+    vbox.run([*args, "--name", name, "--uuid", uuid, "--register"], f"clone image {version} as {name}",
+             changes=True)  # fmt: skip
+    return {"changed": True, "version": version, "uuid": uuid, "private_key": str(path / PRIVATE_KEY),
+            "planned": vbox.planned}  # fmt: skip
 
 
 def parse_medium_info(text: str) -> dict[str, list[str]]:

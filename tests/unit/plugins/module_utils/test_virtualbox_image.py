@@ -229,3 +229,22 @@ def test_prune_in_check_mode_plans_the_unregister_and_keeps_the_files(tmp_path: 
     assert not module.queue
     assert result["planned"] == [["/usr/bin/VBoxManage", "unregistervm", BASE, "--delete"]]
     assert (box_dir(tmp_path) / "20261201.090000").is_dir()
+
+
+def test_clone_base_makes_a_full_clone_of_the_current_image_snapshot(tmp_path: Path) -> None:
+    runner, _ = vbox("showvminfo_base_poweroff", "snapshot_take_image")
+    do_publish(runner, tmp_path)
+    runner, module = vbox("clonevm_full_base")
+    result = vi.clone_base(
+        runner, store=str(tmp_path / "images"), box=BOX, name="base-20261202.050000",
+        uuid="5e6f7a8b-9c0d-4e1f-a2b3-c4d5e6f7a8b9",
+    )  # fmt: skip
+    assert not module.queue  # argv: no "--options link"
+    assert result["version"] == VERSION
+    assert result["private_key"] == str(box_dir(tmp_path) / VERSION / "private_key")
+
+
+def test_clone_base_without_a_published_image_says_to_build_from_the_box(tmp_path: Path) -> None:
+    runner, _ = vbox()
+    with pytest.raises(vi.ImageError, match="no published image"):
+        vi.clone_base(runner, store=str(tmp_path / "images"), box=BOX, name="base", uuid="x")
