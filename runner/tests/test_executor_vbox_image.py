@@ -6,7 +6,6 @@ Every VBoxManage step replays a recording of fixtures/vbox_lifecycle/ (provenanc
 from __future__ import annotations
 
 import json
-import os
 import stat
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from test_executor_vagrant import (
     ssh_ready,
     ssh_tail,
 )
-from travis_worker import images
+from travis_worker.images import ImageStore, slug
 from travis_worker.vagrant import VBoxManage
 
 OLD = UUID
@@ -38,7 +37,7 @@ UP = ["vagrant", "up", "worker-1", "--provider=virtualbox", "--no-provision"]
 
 def publish(store: Path, version: str = VERSION, *, current: bool = True) -> Path:
     """An image version as the design lays it out (image.json last), and ``current`` pointing at it."""
-    path = store / images.slug(BOX) / version
+    path = store / slug(BOX) / version
     path.mkdir(parents=True)
     (path / "vm.json").write_text(json.dumps({"uuid": IMAGE_VM, "snapshot": "image"}))
     (path / "private_key").write_bytes(IMAGE_KEY)
@@ -55,7 +54,7 @@ def publish(store: Path, version: str = VERSION, *, current: bool = True) -> Pat
         )
     )
     if current:
-        link = store / images.slug(BOX) / "current"
+        link = store / slug(BOX) / "current"
         link.unlink(missing_ok=True)
         link.symlink_to(version)
     return path
@@ -71,7 +70,7 @@ def setup(tmp_path: Path) -> Path:
 
 
 def image_executor(tmp_path: Path, runner: FakeRunner, store: Path, **kw):
-    return executor(tmp_path, runner, image_store=str(store), box=BOX, new_uuid=lambda: NEW, **kw)
+    return executor(tmp_path, runner, images=ImageStore(str(store), BOX), new_uuid=lambda: NEW, **kw)
 
 
 def switch_steps(tmp_path: Path) -> list:
@@ -96,9 +95,9 @@ def test_switch_makes_a_linked_clone_of_the_image_snapshot_and_retires_the_old_v
     store = setup(tmp_path)
     runner = FakeRunner([*switch_steps(tmp_path), *ssh_tail(tmp_path)])
     ex = image_executor(tmp_path, runner, store)
-    assert ex.image_due()
+    assert ex.switch_due()
     ex.prepare()
-    assert not ex.image_due()
+    assert not ex.switch_due()
     assert not runner.script
     argvs = [call["argv"] for call in runner.calls]
     assert argvs[2] == [
@@ -113,8 +112,8 @@ def test_switch_makes_a_linked_clone_of_the_image_snapshot_and_retires_the_old_v
     assert (machine(tmp_path) / "id").read_text() == NEW
     key = machine(tmp_path) / "private_key"
     assert key.read_bytes() == IMAGE_KEY and stat.S_IMODE(key.stat().st_mode) == 0o600
-    assert (store / images.slug(BOX) / "users" / "worker-1").read_text() == VERSION + "\n"
-    assert ex.image == {"version": VERSION, "digest": DIGEST}
+    assert (store / slug(BOX) / "users" / "worker-1").read_text() == VERSION + "\n"
+    assert ex.image is not None and ex.image.summary() == {"version": VERSION, "digest": DIGEST}
     assert (machine(tmp_path) / "action_provision").read_text() == f"1.5:{NEW}"
     record = json.loads((machine(tmp_path) / "travis_image.json").read_text())
     assert record == {"uuid": NEW, "version": VERSION, "digest": DIGEST, "box": BOX}
@@ -150,8 +149,8 @@ def test_the_next_reset_restores_the_clones_sandbox_without_switching_again(tmp_
     ex.prepare()
     assert not runner.script
     assert not any(call["argv"][1] == "clonevm" for call in runner.calls)
-    assert ex.image == {"version": VERSION, "digest": DIGEST}
-    assert (store / images.slug(BOX) / "users" / "worker-1").read_text() == VERSION + "\n"
+    assert ex.image is not None and ex.image.summary() == {"version": VERSION, "digest": DIGEST}
+    assert (store / slug(BOX) / "users" / "worker-1").read_text() == VERSION + "\n"
 
 
 def test_a_failed_up_leaves_the_vm_on_its_old_image_and_says_why(
@@ -179,7 +178,7 @@ def test_a_failed_up_leaves_the_vm_on_its_old_image_and_says_why(
     assert (machine(tmp_path) / "private_key").read_bytes() == OLD_KEY
     assert (machine(tmp_path) / "action_provision").read_text() == f"1.5:{OLD}"
     assert ["VBoxManage", "unregistervm", OLD, "--delete"] not in [c["argv"] for c in runner.calls]
-    assert not (store / images.slug(BOX) / "users" / "worker-1").exists()  # it runs no published image
+    assert not (store / slug(BOX) / "users" / "worker-1").exists()  # it runs no published image
     assert ex.image is None
     why = f"VM worker-1: switching to image {BOX} {VERSION} failed; it stays on the VM it had"
     assert why in caplog.text and "already exists" in caplog.text
@@ -199,7 +198,7 @@ def test_a_missing_image_snapshot_changes_nothing_and_is_not_retried_at_every_jo
     ex = image_executor(tmp_path, runner, store)
     ex.prepare()
     assert not runner.script
-    assert not ex.image_due()  # not before switch_retry_after
+    assert not ex.switch_due()  # not before switch_retry_after
     assert (machine(tmp_path) / "id").read_text() == OLD
     assert not any(c["argv"][1] in ("modifyvm", "unregistervm") for c in runner.calls)
     assert "Could not find a snapshot named 'image'" in build_log_start(ex, tmp_path)[0]
@@ -219,8 +218,8 @@ def test_a_vm_already_on_the_current_image_is_only_reset_and_recorded_as_its_use
     ex = image_executor(tmp_path, runner, store)
     ex.prepare()
     assert not runner.script
-    assert ex.image == {"version": VERSION, "digest": DIGEST}
-    assert (store / images.slug(BOX) / "users" / "worker-1").read_text() == VERSION + "\n"
+    assert ex.image is not None and ex.image.summary() == {"version": VERSION, "digest": DIGEST}
+    assert (store / slug(BOX) / "users" / "worker-1").read_text() == VERSION + "\n"
 
 
 def test_a_record_of_another_vm_id_means_no_image_so_the_vm_switches(tmp_path: Path) -> None:
@@ -247,7 +246,7 @@ def test_rollback_is_a_switch_to_the_older_version(tmp_path: Path) -> None:
     ex = image_executor(tmp_path, runner, store)
     ex.prepare()
     assert not runner.script
-    assert ex.image == {"version": "20261201.090000", "digest": DIGEST}
+    assert ex.image is not None and ex.image.summary() == {"version": "20261201.090000", "digest": DIGEST}
 
 
 def test_without_an_image_store_the_reset_is_unchanged(tmp_path: Path) -> None:
@@ -256,7 +255,7 @@ def test_without_an_image_store_the_reset_is_unchanged(tmp_path: Path) -> None:
     ex = executor(tmp_path, runner)
     ex.prepare()
     assert not runner.script and ex.image is None
-    assert not (store / images.slug(BOX) / "users").exists()
+    assert not (store / slug(BOX) / "users").exists()
 
 
 def test_vboxmanage_clone_rename_and_delete_argv() -> None:
@@ -272,21 +271,6 @@ def test_vboxmanage_clone_rename_and_delete_argv() -> None:
     vbox.rename(OLD, "travis-worker-1-retired-7d1c8f5e")
     vbox.unregister_delete(OLD)
     assert not runner.script
-
-
-def test_image_store_ignores_a_version_without_image_json(tmp_path: Path) -> None:
-    store = tmp_path / "images"
-    publish(store)
-    half = store / images.slug(BOX) / "20261202.050000"
-    half.mkdir()
-    link = store / images.slug(BOX) / "current"
-    link.unlink()
-    link.symlink_to(half.name)
-    assert images.current_version(str(store), BOX) is None
-    assert images.wanted(str(store), BOX) is None
-    assert images.slug("twlab/debian12") == "twlab-VAGRANTSLASH-debian12"
-    images.write_user(str(store), BOX, "worker-1", VERSION)
-    assert os.listdir(store / images.slug(BOX) / "users") == ["worker-1"]
 
 
 class VagrantLikeRunner(FakeRunner):
@@ -342,14 +326,14 @@ def test_a_users_record_that_cannot_be_written_does_not_stop_the_reset(
     store = setup(tmp_path)
     record = {"uuid": OLD, "version": VERSION, "digest": DIGEST, "box": BOX}
     (machine(tmp_path) / "travis_image.json").write_text(json.dumps(record))
-    (store / images.slug(BOX) / "users").write_text("not a directory")
+    (store / slug(BOX) / "users").write_text("not a directory")
     runner = FakeRunner([*restore_steps(OLD, "showvminfo_named_poweroff.json"), *ssh_tail(tmp_path)])
     ex = image_executor(tmp_path, runner, store)
-    assert not ex.image_due()
     with caplog.at_level("WARNING"):
         ex.prepare()
     assert not runner.script
-    assert f"cannot record in {store} that it runs {VERSION}" in caplog.text
+    assert not ex.switch_due()  # it runs the current image (from its record)
+    assert "could not record its image in" in caplog.text
 
 
 def test_a_vm_virtualbox_no_longer_has_is_replaced_by_the_clone(tmp_path: Path) -> None:

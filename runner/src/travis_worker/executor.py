@@ -250,7 +250,9 @@ def make_executor(
     image_store: Optional[str] = None,
     box: Optional[str] = None,
 ) -> Executor:
-    """An executor for ``vms.provider``: ``local`` (builds in ``build_root``), ``virtualbox`` or ``lxc``."""
+    """An executor for ``vms.provider``: ``local`` (builds in ``build_root``), ``virtualbox`` or ``lxc``.
+
+    With ``box`` (``vms.box``) the Vagrant executors follow the images of that box in ``image_store``."""
     if provider == "local":
         from .executor_local import LocalExecutor
 
@@ -261,8 +263,8 @@ def make_executor(
                 f"vms.provider {provider!r} needs vms.project_dir (the Vagrantfile's directory) and a VM name"
             )
         from .executor_vagrant import VagrantExecutor
+        from .images import ImageStore
 
-        return VagrantExecutor(
-            provider, project_dir=project_dir, vm_name=vm_name, image_store=image_store, box=box
-        )
+        images = ImageStore(image_store, box) if image_store and box else None
+        return VagrantExecutor(provider, project_dir=project_dir, vm_name=vm_name, images=images)
     raise ValueError(f"vms.provider: {provider!r} is not one of {', '.join(PROVIDERS)}")

@@ -33,10 +33,10 @@ import threading
 import time
 import uuid as uuidlib
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
-from . import images
 from .executor import BuildResult, Limits, SandboxError, spawn_in_pty, stream_process
+from .images import Image, ImageError, ImageStore, read_image
 from .vagrant import (
     OFFLINE_STATES,
     POWER_OFF_STATES,
@@ -104,8 +104,7 @@ class VagrantExecutor:
         retries: int = 5,
         settle_timeout: float = 60.0,
         clock: Callable[[], float] = time.time,
-        image_store: Optional[str] = None,
-        box: Optional[str] = None,
+        images: Optional[ImageStore] = None,
         new_uuid: Callable[[], str] = lambda: str(uuidlib.uuid4()),
         switch_retry_after: float = 600.0,
     ) -> None:
@@ -129,12 +128,12 @@ class VagrantExecutor:
         self.clock = clock
         self._ssh_config: Optional[str] = None
         self._host: Optional[str] = None
-        # the published image (images.py) this VM runs: {"version", "digest"} or None (reported in Redis)
-        self.image_store = image_store
-        self.box = box
+        self.images = images
+        self.image: Optional[Image] = None  # the published image the VM runs; None: its own snapshot
+        self._declined: Optional[str] = None  # a `current` version not taken (incomplete, other provider)
+        self.switched = False  # the last reset moved the VM onto another image
         self.new_uuid = new_uuid
         self.switch_retry_after = switch_retry_after
-        self.image: Optional[dict[str, str]] = None
         self._switch_failed: dict[str, float] = {}  # version -> monotonic time of its last failed switch
         # lines for the start of the next build's log (re-created VM, guest clock)
         self.notes: list[str] = []
@@ -147,6 +146,7 @@ class VagrantExecutor:
     def prepare(self) -> None:
         started = time.monotonic()
         self.notes = []
+        self.switched = False
         try:
             if self.provider == "virtualbox":
                 self._reset_virtualbox()
@@ -156,12 +156,72 @@ class VagrantExecutor:
             self._wait_for_ssh()
             if self.provider == "virtualbox":
                 self._set_guest_clock()
-        except (CommandError, OSError) as exc:
+        except (CommandError, OSError, ImageError) as exc:
             raise SandboxError(
                 f"VM {self.vm_name} ({self.provider}, project {self.project_dir}): sandbox reset failed: "
                 f"{exc}"
             ) from exc
         log.info("VM %s reset (%s) in %.1f s", self.vm_name, self.provider, time.monotonic() - started)
+
+    # --- images: which image the VM should run (every provider) -----------------------------------
+
+    # Providers whose reset moves the VM onto a newly published image. (s5-vbox: this block is s5-lxc's at
+    # 8121870, the shared decision; VirtualBox switches in _reset_virtualbox. Merged: {"lxc", "virtualbox"}.)
+    SWITCH_PROVIDERS = frozenset({"virtualbox"})
+
+    def wanted_image(self) -> Optional[Image]:
+        """The published image (``current``) this reset should move the VM onto; None: keep what it runs."""
+        if self.images is None or self.provider not in self.SWITCH_PROVIDERS:
+            return None
+        try:
+            image = self.images.current()
+        except (OSError, ImageError) as exc:
+            log.warning(
+                "VM %s: the published image is not readable, keeping what it runs: %s", self.vm_name, exc
+            )
+            self._declined = self._current_version()
+            return None
+        if image is None:
+            self._declined = self._current_version()
+            return None
+        if image.provider != self.provider:
+            log.warning(
+                "VM %s: %s is a %s image, this worker runs %s VMs: not switching",
+                self.vm_name,
+                image.path,
+                image.provider,
+                self.provider,
+            )
+            self._declined = image.version
+            return None
+        if self.image is not None and self.image.version == image.version:
+            return None
+        return image
+
+    def _current_version(self) -> Optional[str]:
+        try:
+            return self.images.current_version() if self.images else None
+        except (OSError, ImageError):
+            return None
+
+    def switch_due(self) -> bool:
+        """Cheap (one readlink): has ``current`` moved to a version this VM does not run yet?"""
+        if self.images is None or self.provider not in self.SWITCH_PROVIDERS:
+            return False
+        version = self._current_version()
+        if version is None or version == self._declined:
+            return False
+        return self.image is None or version != self.image.version
+
+    def adopt_image(self, image: Optional[Image]) -> None:
+        """Record the image the VM runs now (None: its own snapshot), also in the store's ``users/<vm>``."""
+        self.image = image
+        if self.images is None:
+            return
+        try:
+            self.images.record_user(self.vm_name, image)
+        except OSError as exc:  # pruning then does not know this VM uses it: say so loudly
+            log.error("VM %s: could not record its image in %s/users: %s", self.vm_name, self.images.dir, exc)
 
     def _reset_virtualbox(self) -> None:
         if self._switch_virtualbox_if_due():
@@ -237,80 +297,60 @@ class VagrantExecutor:
     def _vbox_data_dir(self) -> Path:
         return Path(self.project_dir) / ".vagrant" / "machines" / self.vm_name / "virtualbox"
 
-    def _vbox_running_image(self) -> Optional[dict[str, Any]]:
-        """The image record of this VM (``travis_image.json`` beside Vagrant's ``id``), if it names this VM.
+    def _vbox_recorded_image(self) -> Optional[Image]:
+        """The image this VM runs per its record (``travis_image.json`` beside Vagrant's ``id``).
 
-        A VM re-created from its box gets a new id, so a record naming another id means "no image".
+        The record counts only while it names Vagrant's current id: a VM re-created from its box has a new
+        id, so it runs no image.
         """
+        assert self.images is not None
         try:
             record = json.loads((self._vbox_data_dir() / VBOX_IMAGE_RECORD).read_text(encoding="utf-8"))
             current = virtualbox_id(self.project_dir, self.vm_name)
         except (OSError, ValueError):
             return None
-        return record if isinstance(record, dict) and record.get("uuid") == current else None
+        if not isinstance(record, dict) or record.get("uuid") != current:
+            return None
+        try:
+            return read_image(self.images.dir / str(record.get("version")))
+        except (OSError, ImageError) as exc:
+            log.warning("VM %s: the image it runs is not readable in the store: %s", self.vm_name, exc)
+            return None
 
     def _switch_virtualbox_if_due(self) -> bool:
-        """Switch the VM to the store's ``current`` image when it runs another one; True when it did.
+        """Move the VM onto the store's ``current`` image when it runs another one; True when it did.
 
         A failed switch leaves the VM on what it ran (the normal reset follows), says why in the worker
-        log and the next build's log, and is tried again for that version after ``switch_retry_after`` s.
+        log and the next build's log, is not retried while idle (``switch_due``) and is tried again at a
+        job boundary after ``switch_retry_after`` s.
         """
-        if not (self.image_store and self.box):
+        if self.images is None:
             return False
-        running = self._vbox_running_image()
-        self.image = {"version": running["version"], "digest": running["digest"]} if running else None
-        try:
-            image = images.wanted(self.image_store, self.box)
-        except (OSError, ValueError) as exc:
-            log.warning("VM %s: cannot read the image store %s: %s", self.vm_name, self.image_store, exc)
-            image = None
-        if image is not None and (running is None or running.get("version") != image.version):
-            failed_at = self._switch_failed.get(image.version)
-            if image.provider != "virtualbox":
-                log.warning("VM %s: image %s %s is for %s, not virtualbox; not switching", self.vm_name,
-                            self.box, image.version, image.provider)  # fmt: skip
-            elif failed_at is None or time.monotonic() - failed_at >= self.switch_retry_after:
+        self.image = self._vbox_recorded_image()
+        target = self.wanted_image()
+        if target is not None:
+            failed_at = self._switch_failed.get(target.version)
+            if failed_at is None or time.monotonic() - failed_at >= self.switch_retry_after:
                 try:
-                    self._switch_virtualbox(image)
+                    self._switch_virtualbox(target)
+                    self.switched = True
                     return True
                 except (CommandError, OSError, ValueError, KeyError, SandboxError) as exc:
-                    self._switch_failed[image.version] = time.monotonic()
-                    was = f"image {running['version']}" if running else "the VM it had (no published image)"
+                    self._switch_failed[target.version] = time.monotonic()
+                    self._declined = target.version
+                    was = (
+                        f"image {self.image.version}" if self.image else "the VM it had (no published image)"
+                    )
                     message = (
-                        f"VM {self.vm_name}: switching to image {self.box} {image.version} failed; it stays "
-                        f"on {was}: {exc}"
+                        f"VM {self.vm_name}: switching to image {target.box} {target.version} failed; it "
+                        f"stays on {was}: {exc}"
                     )
                     log.warning("%s", message)
                     self.notes.append(message)
-        self._record_user(running["version"] if running else None)
+        self.adopt_image(self.image)
         return False
 
-    def _record_user(self, version: Optional[str]) -> None:
-        """``users/<vm>`` in the store (pruning keeps what it names); a failure is logged, not fatal."""
-        assert self.image_store and self.box
-        try:
-            images.write_user(self.image_store, self.box, self.vm_name, version)
-        except OSError as exc:
-            log.warning("VM %s: cannot record in %s that it runs %s: %s", self.vm_name, self.image_store,
-                        version or "no image", exc)  # fmt: skip
-
-    def image_due(self) -> bool:
-        """True when the store's ``current`` image differs from the one the VM runs (a readlink and a read).
-
-        An idle worker asks this every few seconds and resets (``prepare()``) at once when it is True.
-        """
-        if self.provider != "virtualbox" or not (self.image_store and self.box):
-            return False
-        wanted = images.current_version(self.image_store, self.box)
-        if wanted is None:
-            return False
-        failed_at = self._switch_failed.get(wanted)
-        if failed_at is not None and time.monotonic() - failed_at < self.switch_retry_after:
-            return False
-        running = self._vbox_running_image()
-        return running is None or running.get("version") != wanted
-
-    def _switch_virtualbox(self, image: images.Image) -> None:
+    def _switch_virtualbox(self, image: Image) -> None:
         """Replace the VM by a linked clone of the image VM's snapshot; delete the old VM once it works.
 
         Power the old VM off (the clone gets the same forwarded ports), ``clonevm --options link`` under a
@@ -349,7 +389,7 @@ class VagrantExecutor:
             self._power_off(old)
         new = self.new_uuid()
         log.info("VM %s: switching to image %s %s (linked clone %s of %s, snapshot %r)", self.vm_name,
-                 self.box, image.version, new, source, snapshot)  # fmt: skip
+                 image.box, image.version, new, source, snapshot)  # fmt: skip
         self.vbox.clone_linked(
             source, snapshot, name=f"travis-{self.vm_name}-{image.version}-{new[:8]}", uuid=new
         )
@@ -372,10 +412,9 @@ class VagrantExecutor:
         # none: write it for the clone ("1.5:<id>", lib/vagrant/action/builtin/provision.rb), or the next
         # plain `vagrant up` of this machine would run the provisioners on the image again.
         _write_atomic(data_dir / VAGRANT_PROVISIONED, f"1.5:{new}".encode(), 0o644)
-        record = {"uuid": new, "version": image.version, "digest": image.digest, "box": self.box}
+        record = {"uuid": new, "version": image.version, "digest": image.digest, "box": image.box}
         _write_atomic(data_dir / VBOX_IMAGE_RECORD, json.dumps(record).encode(), 0o644)
-        self._record_user(image.version)
-        self.image = image.report()
+        self.adopt_image(image)
         if old:
             try:
                 self.vbox.unregister_delete(old)
@@ -383,7 +422,7 @@ class VagrantExecutor:
                 log.warning("VM %s: the replaced VM %s is still registered; delete it with `VBoxManage "
                             "unregistervm %s --delete`: %s", self.vm_name, old, old, exc)  # fmt: skip
         note = (
-            f"VM {self.vm_name}: switched to image {self.box} {image.version} (digest {image.digest[:12]}) "
+            f"VM {self.vm_name}: switched to image {image.box} {image.version} (digest {image.digest[:12]}) "
             f"in {time.monotonic() - started:.1f} s: linked clone {new} of {source} snapshot {snapshot!r}"
         )
         log.info("%s", note)
