@@ -17,7 +17,8 @@ is a relative symlink to the active version, replaced atomically.
   prints ``Parent UUID:``, ``In use by VMs:`` and ``Child UUIDs:``: the base VM's current disk is a child of
   the snapshot's disk, every linked clone's disk another child, used by the clone.
 * :func:`prune` keeps the newest ``keep`` versions, the one ``current`` names and every one named in
-  ``users/``; of the others it unregisters and deletes the base VM (``unregistervm --delete``), unless
+  ``users/``; of the others it unregisters and deletes the base VM (``unregistervm --delete``), or, when
+  other versions are snapshots of the same base VM, deletes only that version's snapshot, unless
   :func:`linked_clones` finds a VM still linked to it (then the version stays and the VMs are named).
 
 Every function takes a :class:`~.vboxmanage.VBoxManage` runner; in check mode (``dry_run``) nothing is
@@ -238,32 +239,44 @@ def _medium(vbox: VBoxManage, uuid: str) -> dict[str, list[str]]:
     return parse_medium_info(out)
 
 
-def _users(medium: dict[str, list[str]]) -> list[dict[str, str]]:
+def _users(medium: dict[str, list[str]]) -> list[dict[str, Any]]:
+    """``In use by VMs`` entries: name, uuid and the snapshots (names) through which the VM uses the disk."""
     users = []
     for value in medium.get("In use by VMs", []):
         match = _IN_USE.match(value)
         if match:
-            users.append({"name": match["name"], "uuid": match["uuid"].lower()})
+            snapshots = re.findall(r"\[(.*?) \(UUID: [0-9a-fA-F-]{36}\)\]", match["snapshots"])
+            users.append({"name": match["name"], "uuid": match["uuid"].lower(), "snapshots": snapshots})
     return users
 
 
-def linked_clones(vbox: VBoxManage, base_vm: str) -> list[dict[str, str]]:
-    """The VMs (name, uuid) whose disks are children of the disks of ``base_vm``'s snapshot."""
+def linked_clones(vbox: VBoxManage, base_vm: str, snapshot: Optional[str] = None) -> list[dict[str, str]]:
+    """The VMs (name, uuid) whose disks are children of the disks of ``base_vm``'s snapshots.
+
+    From each current disk of the base VM up its ``Parent UUID`` chain: every ancestor is the disk of one of
+    its snapshots (``In use by VMs: base (UUID: ...) [<snapshot> (UUID: ...)]``). Children of such a disk
+    other than the next one down the chain belong to linked clones (or to another branch of the base VM's
+    own snapshot tree, which it uses itself). ``snapshot``: only the disks of that snapshot count.
+    """
     info = vbox.show_vm_info(base_vm)
     uuid = info.get("UUID", base_vm).lower()
     clones: dict[str, dict[str, str]] = {}
     for key, disk in info.items():
         if not _IMAGE_UUID_KEY.search(key) or not disk or disk == "none":
             continue
-        parent = (_medium(vbox, disk).get("Parent UUID") or ["base"])[0]
-        if parent == "base":  # no snapshot above this disk: nothing can be linked to it
-            continue
-        for child in _medium(vbox, parent).get("Child UUIDs", []):
-            if child == disk:
-                continue  # the base VM's own current state
-            for user in _users(_medium(vbox, child)):
-                if user["uuid"] != uuid:
-                    clones[user["uuid"]] = user
+        below, medium = disk, _medium(vbox, disk)
+        while (medium.get("Parent UUID") or ["base"])[0] != "base":
+            parent = medium["Parent UUID"][0]
+            medium = _medium(vbox, parent)
+            mine = [u for u in _users(medium) if u["uuid"] == uuid]
+            if snapshot is None or any(snapshot in u["snapshots"] for u in mine):
+                for child in medium.get("Child UUIDs", []):
+                    if child == below:
+                        continue
+                    for user in _users(_medium(vbox, child)):
+                        if user["uuid"] != uuid:
+                            clones[user["uuid"]] = {"name": user["name"], "uuid": user["uuid"]}
+            below = parent
     return sorted(clones.values(), key=lambda u: u["name"])
 
 
@@ -292,14 +305,19 @@ def prune(vbox: VBoxManage, *, store: str, box: str, keep: int) -> dict[str, Any
             kept[version] = "used by " + ", ".join(in_use[version])
     removed: list[str] = []
     refused: dict[str, str] = {}
+    vms = {v: _read_json(box_dir / v / VM_JSON) or {} for v in complete}
     for version in complete:
         if version in kept:
             continue
-        vm = _read_json(box_dir / version / VM_JSON) or {}
-        base = str(vm.get("uuid", ""))
+        base, snapshot = str(vms[version].get("uuid", "")), str(vms[version].get("snapshot", ""))
+        # one base VM per version (publish()), or one base VM with a snapshot per version: then only that
+        # snapshot goes while another version that stays (or is not removed yet) still uses the VM
+        shared = any(
+            str(vms[v].get("uuid", "")) == base for v in complete if v != version and v not in removed
+        )
         if base:
             try:
-                clones = linked_clones(vbox, base)
+                clones = linked_clones(vbox, base, snapshot if shared else None)
             except VBoxManageError as exc:
                 if not exc.not_found:
                     refused[version] = f"cannot check its base VM {base}: {exc}"
@@ -309,7 +327,9 @@ def prune(vbox: VBoxManage, *, store: str, box: str, keep: int) -> dict[str, Any
                 names = ", ".join(f"{c['name']} ({c['uuid']})" for c in clones)
                 refused[version] = f"VMs are still linked clones of its base VM {base}: {names}"
                 continue
-            if base:
+            if base and shared:
+                vbox.snapshot_delete(base, snapshot)
+            elif base:
                 vbox.unregister(base, delete=True)
         if not vbox.dry_run:
             shutil.rmtree(box_dir / version)

@@ -248,3 +248,56 @@ def test_clone_base_without_a_published_image_says_to_build_from_the_box(tmp_pat
     runner, _ = vbox()
     with pytest.raises(vi.ImageError, match="no published image"):
         vi.clone_base(runner, store=str(tmp_path / "images"), box=BOX, name="base", uuid="x")
+
+
+def shared_layout(tmp_path: Path) -> None:
+    """Two versions that are snapshots of one base VM (worker_image's own VirtualBox layout)."""
+    for version in ("20261201.090000", VERSION):
+        path = box_dir(tmp_path) / version
+        path.mkdir(parents=True)
+        (path / "vm.json").write_text(json.dumps({"uuid": BASE, "snapshot": f"image-{version}"}))
+        (path / "image.json").write_text(json.dumps({"digest": DIGEST, "provider": "virtualbox"}))
+    vi.activate(str(tmp_path / "images"), BOX, VERSION)
+
+
+def test_prune_deletes_only_the_old_snapshot_of_a_shared_base_vm(tmp_path: Path) -> None:
+    shared_layout(tmp_path)
+    runner, module = vbox(
+        "showvminfo_shared_base",
+        "showmediuminfo_shared_current",
+        "showmediuminfo_shared_snap2",  # the new snapshot's disk: its clone does not count for the old one
+        "showmediuminfo_shared_snap1_alone",
+        "snapshot_delete_old",
+    )
+    result = vi.prune(runner, store=str(tmp_path / "images"), box=BOX, keep=1)
+    assert not module.queue  # no unregistervm: the current version is a snapshot of the same VM
+    assert result["removed"] == ["20261201.090000"]
+
+
+def test_prune_refuses_an_old_snapshot_a_linked_clone_still_uses(tmp_path: Path) -> None:
+    shared_layout(tmp_path)
+    runner, module = vbox(
+        "showvminfo_shared_base",
+        "showmediuminfo_shared_current",
+        "showmediuminfo_shared_snap2",
+        "showmediuminfo_shared_snap1_linked",
+        "showmediuminfo_old_clone_disk",
+    )
+    result = vi.prune(runner, store=str(tmp_path / "images"), box=BOX, keep=1)
+    assert not module.queue
+    assert result["removed"] == []
+    assert "travis-worker-2 (44dd55ee-66ff-47aa-98bb-99cc00dd11e4)" in result["refused"]["20261201.090000"]
+
+
+def test_linked_clones_of_the_whole_base_vm_walk_every_snapshot_disk() -> None:
+    runner, module = vbox(
+        "showvminfo_shared_base",
+        "showmediuminfo_shared_current",
+        "showmediuminfo_shared_snap2",
+        "showmediuminfo_shared_clone_disk",
+        "showmediuminfo_shared_snap1_linked",
+        "showmediuminfo_old_clone_disk",
+    )
+    clones = vi.linked_clones(runner, BASE)
+    assert not module.queue
+    assert [c["name"] for c in clones] == ["travis-worker-1", "travis-worker-2"]
