@@ -161,13 +161,22 @@ class VagrantExecutor:
                 f"VM {self.vm_name} ({self.provider}, project {self.project_dir}): sandbox reset failed: "
                 f"{exc}"
             ) from exc
-        log.info("VM %s reset (%s) in %.1f s", self.vm_name, self.provider, time.monotonic() - started)
+        image = "its own snapshot" if self.image is None else f"image {self.image.version}"
+        switched = " (switched)" if self.switched else ""
+        log.info(
+            "VM %s reset (%s) in %.2f s: %s%s",
+            self.vm_name,
+            self.provider,
+            time.monotonic() - started,
+            image,
+            switched,
+        )
 
     # --- images: which image the VM should run (every provider) -----------------------------------
 
-    # Providers whose reset moves the VM onto a newly published image. (s5-vbox: this block is s5-lxc's at
-    # 8121870, the shared decision; VirtualBox switches in _reset_virtualbox. Merged: {"lxc", "virtualbox"}.)
-    SWITCH_PROVIDERS = frozenset({"virtualbox"})
+    # Providers whose reset moves the VM onto a newly published image. VirtualBox: add it once
+    # _reset_virtualbox switches (linked clone of the image's snapshot) and calls adopt_image().
+    SWITCH_PROVIDERS = frozenset({"lxc", "virtualbox"})
 
     def wanted_image(self) -> Optional[Image]:
         """The published image (``current``) this reset should move the VM onto; None: keep what it runs."""
