@@ -7,6 +7,9 @@
   destroy`` + ``vagrant up``) and the snapshot taken of that clean VM; worker log and build log say so.
   The live snapshot resumes at the time it was taken, so the guest clock is set from the worker host's
   clock over SSH (``sudo -n date -u -s @EPOCH``) before the build; the build log's first line shows it.
+* ``virtualbox`` with an image store (``vms.image_store``, ``vms.box``): when the store's ``current`` image is
+  another than the VM's, the reset replaces the VM by a linked clone of the image VM's snapshot first (see
+  ``_switch_virtualbox`` and docs/runner.md, "Images"); a failed switch leaves the VM as it was.
 * ``lxc``: vagrant-lxc has no snapshots; the helper ``travis-worker-lxc-sandbox`` (travis.worker.lxc role)
   makes the machine's rootfs an overlay: a clean read-only lower layer (the VM's own saved copy, taken once
   when missing so the recipes applied to it are in it, or a published image's ``rootfs/``) and a small upper
@@ -30,16 +33,19 @@ worker dies, the ssh client dies with it and sshd hangs up the remote session.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shlex
 import tempfile
 import threading
 import time
+import uuid as uuidlib
+from pathlib import Path
 from typing import Callable, Optional
 
 from .executor import BuildResult, Limits, SandboxError, spawn_in_pty, stream_process
-from .images import Image, ImageError, ImageStore
+from .images import Image, ImageError, ImageStore, read_image
 from .vagrant import (
     OFFLINE_STATES,
     POWER_OFF_STATES,
@@ -60,6 +66,8 @@ from .vagrant import (
 
 log = logging.getLogger(__name__)
 
+VBOX_IMAGE_RECORD = "travis_image.json"  # beside Vagrant's id: {"uuid", "version", "digest", "box"}
+VAGRANT_PROVISIONED = "action_provision"  # Vagrant's provisioning sentinel in the machine's data dir
 REMOTE_DIR = "$HOME/.travis-worker"
 _UPLOAD = f'mkdir -p "{REMOTE_DIR}" && rm -f "{REMOTE_DIR}/pgid" && cat > "{REMOTE_DIR}/build.sh"'
 # sshd makes the login shell of a PTY session a session leader; `exec` keeps that pid, so the build's
@@ -107,6 +115,8 @@ class VagrantExecutor:
         settle_timeout: float = 60.0,
         clock: Callable[[], float] = time.time,
         images: Optional[ImageStore] = None,
+        new_uuid: Callable[[], str] = lambda: str(uuidlib.uuid4()),
+        switch_retry_after: float = 600.0,
     ) -> None:
         if provider not in ("virtualbox", "lxc"):
             raise ValueError(f"vms.provider: {provider!r} is not a Vagrant provider (virtualbox, lxc)")
@@ -135,6 +145,9 @@ class VagrantExecutor:
         self.image: Optional[Image] = None  # the published image the VM runs; None: its own snapshot
         self._declined: Optional[str] = None  # a `current` version not taken (incomplete, other provider)
         self.switched = False  # the last reset moved the VM onto another image
+        self.new_uuid = new_uuid
+        self.switch_retry_after = switch_retry_after
+        self._switch_failed: dict[str, float] = {}  # version -> monotonic time of its last failed switch
         # lines for the start of the next build's log (re-created VM, guest clock)
         self.notes: list[str] = []
 
@@ -176,7 +189,7 @@ class VagrantExecutor:
 
     # Providers whose reset moves the VM onto a newly published image. VirtualBox: add it once
     # _reset_virtualbox switches (linked clone of the image's snapshot) and calls adopt_image().
-    SWITCH_PROVIDERS = frozenset({"lxc"})
+    SWITCH_PROVIDERS = frozenset({"lxc", "virtualbox"})
 
     def wanted_image(self) -> Optional[Image]:
         """The published image (``current``) this reset should move the VM onto; None: keep what it runs."""
@@ -234,6 +247,8 @@ class VagrantExecutor:
             log.error("VM %s: could not record its image in %s/users: %s", self.vm_name, self.images.dir, exc)
 
     def _reset_virtualbox(self) -> None:
+        if self._switch_virtualbox_if_due():
+            return  # a fresh linked clone, booted once, `sandbox` just taken of it: that is the clean state
         uuid = virtualbox_id(self.project_dir, self.vm_name)
         if SANDBOX_SNAPSHOT not in self.vbox.snapshots(uuid):
             self._recreate_virtualbox(f"it has no snapshot {SANDBOX_SNAPSHOT!r}")
@@ -299,6 +314,168 @@ class VagrantExecutor:
         self.vagrant.destroy(self.vm_name)
         self.vagrant.up(self.vm_name, "virtualbox")
         self.vbox.take_snapshot(virtualbox_id(self.project_dir, self.vm_name), SANDBOX_SNAPSHOT)
+
+    # --- VirtualBox: switching to a published image (issue #13) ------------------------------------
+
+    def _vbox_data_dir(self) -> Path:
+        return Path(self.project_dir) / ".vagrant" / "machines" / self.vm_name / "virtualbox"
+
+    def _vbox_recorded_image(self) -> Optional[Image]:
+        """The image this VM runs per its record (``travis_image.json`` beside Vagrant's ``id``).
+
+        The record counts only while it names Vagrant's current id: a VM re-created from its box has a new
+        id, so it runs no image.
+        """
+        assert self.images is not None
+        try:
+            record = json.loads((self._vbox_data_dir() / VBOX_IMAGE_RECORD).read_text(encoding="utf-8"))
+            current = virtualbox_id(self.project_dir, self.vm_name)
+        except (OSError, ValueError):
+            return None
+        if not isinstance(record, dict) or record.get("uuid") != current:
+            return None
+        try:
+            return read_image(self.images.dir / str(record.get("version")))
+        except (OSError, ImageError) as exc:
+            log.warning("VM %s: the image it runs is not readable in the store: %s", self.vm_name, exc)
+            return None
+
+    def _switch_virtualbox_if_due(self) -> bool:
+        """Move the VM onto the store's ``current`` image when it runs another one; True when it did.
+
+        A failed switch leaves the VM on what it ran (the normal reset follows), says why in the worker
+        log and the next build's log, is not retried while idle (``switch_due``) and is tried again at a
+        job boundary after ``switch_retry_after`` s.
+        """
+        if self.images is None:
+            return False
+        self.image = self._vbox_recorded_image()
+        target = self.wanted_image()
+        if target is not None:
+            failed_at = self._switch_failed.get(target.version)
+            if failed_at is None or time.monotonic() - failed_at >= self.switch_retry_after:
+                try:
+                    self._switch_virtualbox(target)
+                    self.switched = True
+                    return True
+                except (CommandError, OSError, ValueError, KeyError, SandboxError) as exc:
+                    self._switch_failed[target.version] = time.monotonic()
+                    self._declined = target.version
+                    was = (
+                        f"image {self.image.version}" if self.image else "the VM it had (no published image)"
+                    )
+                    message = (
+                        f"VM {self.vm_name}: switching to image {target.box} {target.version} failed; it "
+                        f"stays on {was}: {exc}"
+                    )
+                    log.warning("%s", message)
+                    self.notes.append(message)
+        self.adopt_image(self.image)
+        return False
+
+    def _switch_virtualbox(self, image: Image) -> None:
+        """Replace the VM by a linked clone of the image VM's snapshot; delete the old VM once it works.
+
+        Power the old VM off (the clone gets the same forwarded ports), ``clonevm --options link`` under a
+        temporary name and a new UUID, rename the old VM (the Vagrantfile's ``vb.name`` is unique, and
+        Vagrant's SetName refuses a name another VM holds), point Vagrant at the clone (``id``, and the
+        image's ``private_key`` as Vagrant's Import#clone copies the master's), ``vagrant up --no-provision``
+        (its boot actions for a created VM: name, forwarded ports, NICs, memory/cpus, hostname), take
+        ``sandbox``, wait for SSH. Any failure before that: the clone is deleted and Vagrant points at the
+        old VM again, under its old name.
+        """
+        started = time.monotonic()
+        spec = json.loads((image.path / "vm.json").read_text(encoding="utf-8"))
+        source, snapshot = str(spec["uuid"]), str(spec["snapshot"])
+        key = (image.path / "private_key").read_bytes()
+        data_dir = self._vbox_data_dir()
+        id_file, key_file = data_dir / "id", data_dir / "private_key"
+        old = id_file.read_text(encoding="utf-8").strip() if id_file.is_file() else ""
+        kept = {
+            n: (data_dir / n).read_bytes()
+            for n in ("private_key", VAGRANT_PROVISIONED)
+            if (data_dir / n).is_file()
+        }
+        old_name = ""
+        if old:
+            try:
+                old_name = self.vbox.info(old).get("name", "")
+            except CommandError as exc:
+                if "VBOX_E_OBJECT_NOT_FOUND" not in exc.completed.stderr:
+                    raise
+                # Vagrant's id names a VM VirtualBox no longer has: the clone replaces it, nothing to retire
+                log.warning(
+                    "VM %s: its VirtualBox VM %s is gone; replacing it by the clone", self.vm_name, old
+                )
+                old = ""
+        if old:
+            self._power_off(old)
+        new = self.new_uuid()
+        log.info("VM %s: switching to image %s %s (linked clone %s of %s, snapshot %r)", self.vm_name,
+                 image.box, image.version, new, source, snapshot)  # fmt: skip
+        self.vbox.clone_linked(
+            source, snapshot, name=f"travis-{self.vm_name}-{image.version}-{new[:8]}", uuid=new
+        )
+        renamed = False
+        try:
+            if old and old_name:
+                self.vbox.rename(old, f"{old_name}-retired-{old[:8]}")
+                renamed = True
+            data_dir.mkdir(parents=True, exist_ok=True)
+            _write_atomic(id_file, new.encode(), 0o644)
+            _write_atomic(key_file, key, 0o600)
+            self.vagrant.up(self.vm_name, "virtualbox", provision=False)
+            self.vbox.take_snapshot(new, SANDBOX_SNAPSHOT)
+            self._load_ssh_config()
+            self._wait_for_ssh()
+        except (CommandError, OSError, SandboxError):
+            self._undo_switch(new, old, old_name if renamed else "", kept)
+            raise
+        # Vagrant's Provision action removed the sentinel naming the old id and, with --no-provision, wrote
+        # none: write it for the clone ("1.5:<id>", lib/vagrant/action/builtin/provision.rb), or the next
+        # plain `vagrant up` of this machine would run the provisioners on the image again.
+        _write_atomic(data_dir / VAGRANT_PROVISIONED, f"1.5:{new}".encode(), 0o644)
+        record = {"uuid": new, "version": image.version, "digest": image.digest, "box": image.box}
+        _write_atomic(data_dir / VBOX_IMAGE_RECORD, json.dumps(record).encode(), 0o644)
+        self.adopt_image(image)
+        if old:
+            try:
+                self.vbox.unregister_delete(old)
+            except CommandError as exc:
+                log.warning("VM %s: the replaced VM %s is still registered; delete it with `VBoxManage "
+                            "unregistervm %s --delete`: %s", self.vm_name, old, old, exc)  # fmt: skip
+        note = (
+            f"VM {self.vm_name}: switched to image {image.box} {image.version} (digest {image.digest[:12]}) "
+            f"in {time.monotonic() - started:.1f} s: linked clone {new} of {source} snapshot {snapshot!r}"
+        )
+        log.info("%s", note)
+        self.notes.append(note)
+
+    def _undo_switch(self, new: str, old: str, old_name: str, kept: dict[str, bytes]) -> None:
+        """Best effort: delete the clone, point Vagrant at the old VM again under its old name.
+
+        ``kept``: the files of Vagrant's data dir the switch replaced (private_key, the provision sentinel).
+        """
+        data_dir = self._vbox_data_dir()
+        for step, action in (
+            ("power off the clone", lambda: self._power_off(new)),
+            ("delete the clone", lambda: self.vbox.unregister_delete(new)),
+            ("rename the old VM back", lambda: self.vbox.rename(old, old_name) if old_name else None),
+        ):
+            try:
+                action()
+            except (CommandError, OSError, SandboxError) as exc:
+                log.warning("VM %s: after the failed switch, could not %s: %s", self.vm_name, step, exc)
+        if old:
+            _write_atomic(data_dir / "id", old.encode(), 0o644)
+        else:
+            (data_dir / "id").unlink(missing_ok=True)
+        for name in ("private_key", VAGRANT_PROVISIONED):
+            if name in kept:
+                _write_atomic(data_dir / name, kept[name], 0o600 if name == "private_key" else 0o644)
+            else:
+                (data_dir / name).unlink(missing_ok=True)
+        self._ssh_config = self._host = None
 
     def _set_guest_clock(self) -> None:
         """The live snapshot resumes at the time it was taken: set the guest clock to the host's UTC time."""
@@ -483,6 +660,15 @@ def _rewrite_ssh_config(text: str, ip: str, identity: Optional[str]) -> str:
             line = f'{indent}IdentityFile "{identity}"'
         lines.append(line)
     return "\n".join(lines) + "\n"
+
+
+def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
 
 
 def _utc(epoch: int) -> str:

@@ -138,8 +138,14 @@ class Vagrant:
     def destroy(self, vm_name: str) -> None:
         self._run("destroy", "-f", vm_name)
 
-    def up(self, vm_name: str, provider: str) -> None:
-        self._run("up", vm_name, f"--provider={provider}")
+    def up(self, vm_name: str, provider: str, *, provision: bool = True) -> None:
+        """``vagrant up``; ``provision=False`` adds ``--no-provision``.
+
+        Vagrant's Provision middleware (lib/vagrant/action/builtin/provision.rb) runs the provisioners
+        again when the ``action_provision`` sentinel names another machine id, as it does after the
+        image switch points the machine at a new clone: the clone already has what they install.
+        """
+        self._run("up", vm_name, f"--provider={provider}", *([] if provision else ["--no-provision"]))
 
 
 # VBoxManage's `VMState` values (VBoxManageInfo.cpp, machineStateToName() with fShort, VirtualBox 7.0/7.1).
@@ -189,11 +195,13 @@ class VBoxManage:
             raise CommandError(done)
         return done
 
+    def info(self, uuid: str) -> dict[str, str]:
+        """``showvminfo UUID --machinereadable`` as a dict (``name``, ``VMState``, ...)."""
+        return parse_machinereadable(self._run("showvminfo", uuid, "--machinereadable").stdout)
+
     def state(self, uuid: str) -> str:
         """``VMState`` of ``showvminfo``: running, paused, saved, poweroff, aborted, gurumeditation, ..."""
-        return parse_machinereadable(self._run("showvminfo", uuid, "--machinereadable").stdout).get(
-            "VMState", ""
-        )
+        return self.info(uuid).get("VMState", "")
 
     def snapshots(self, uuid: str) -> list[str]:
         done = self.runner([self.binary, "snapshot", uuid, "list", "--machinereadable"], timeout=120)
@@ -214,6 +222,31 @@ class VBoxManage:
 
     def restore_snapshot(self, uuid: str, name: str) -> None:
         self._run("snapshot", uuid, "restore", name, timeout=900)
+
+    def clone_linked(self, source: str, snapshot: str, *, name: str, uuid: str) -> None:
+        """A linked clone of ``source``'s snapshot, registered under ``name`` with the given ``uuid``.
+
+        VBoxManageMisc.cpp handleCloneVM(): ``--snapshot`` selects the snapshot's machine, ``--options``
+        ``link`` makes the disks differencing images of that snapshot's (CloneOptions_Link) and
+        ``KeepNATMACs`` keeps the NAT adapters' MAC addresses (parseCloneOptions()), ``--uuid`` is the new
+        machine's UUID (CreateMachine flag ``UUID=``), ``--register`` registers it. Progress goes to stderr,
+        then stdout says ``Machine has been successfully cloned as "NAME"``. Vagrant's driver
+        (version_5_0.rb clonevm()) clones with ``--options link`` and no ``--uuid`` (it looks the id up by
+        name), then its MatchMACAddress action gives the NAT adapter the box's ``base_mac``; keeping the
+        image VM's NAT MAC does the same here (guests that pin their network to the MAC keep working).
+        """
+        self._run(
+            "clonevm", source, "--snapshot", snapshot, "--options", "link,KeepNATMACs", "--name", name,
+            "--uuid", uuid, "--register", timeout=900,
+        )  # fmt: skip
+
+    def rename(self, uuid: str, name: str) -> None:
+        """``modifyvm UUID --name NAME`` (the VM must be powered off); prints nothing on success."""
+        self._run("modifyvm", uuid, "--name", name)
+
+    def unregister_delete(self, uuid: str) -> None:
+        """``unregistervm UUID --delete``: unregister and delete its files and disks (Vagrant's destroy)."""
+        self._run("unregistervm", uuid, "--delete", timeout=900)
 
     def start_headless(self, uuid: str) -> None:
         """``startvm --type headless``; exit 1 after "... has been successfully started." is a start.
