@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -161,6 +162,7 @@ def main() -> int:
         app.stop()
         server.terminate()
         server.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

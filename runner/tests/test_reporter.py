@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import ssl
+import subprocess
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -203,3 +206,37 @@ def test_http_transport_uses_requests_when_a_proxy_applies(monkeypatch: pytest.M
     assert HttpTransport("https://ci.example.org/api", "u", "t").session is not None
     monkeypatch.setenv("NO_PROXY", "ci.example.org")
     assert HttpTransport("https://ci.example.org/api", "u", "t").session is None
+
+
+def test_http_transport_https_verifies_with_the_environments_ca_bundle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """https on the direct connection: the app's certificate is checked against REQUESTS_CA_BUNDLE (as
+    requests does), and refused without it (certifi's bundle does not know a self-signed certificate)."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    app = CIApp(username="u", token="t")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    app._server.socket = context.wrap_socket(app._server.socket, server_side=True)
+    app.start()
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+    try:
+        monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+        untrusted = HttpTransport(f"https://127.0.0.1:{app.port}", "u", "t", timeout=5)
+        with pytest.raises(DeliveryError, match="CERTIFICATE_VERIFY_FAILED"):
+            untrusted.deliver(json.loads(state_entry(1, "received", WID)))
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+        trusted = HttpTransport(f"https://127.0.0.1:{app.port}", "u", "t", timeout=5)
+        assert trusted.session is None  # the direct connection, not requests
+        trusted.deliver(json.loads(state_entry(1, "started", WID)))
+        trusted.close()
+        accepted = [(r.path, r.body["state"], r.authorized) for r in app.accepted()]
+        assert accepted == [("/jobs/1", "started", True)]
+    finally:
+        app.stop()
