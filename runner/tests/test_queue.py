@@ -10,6 +10,7 @@ import redis
 from travis_worker.keys import Keys
 from travis_worker.payload import PayloadError
 from travis_worker.queue import Queue, attempts_of, now_iso, parse_iso, queue_of
+from travis_worker.reporter import state_template
 
 K = Keys("resque")
 
@@ -43,6 +44,26 @@ def test_push_and_take_are_resque_shaped(client: redis.Redis) -> None:
     assert client.lrange("resque:travis:outbox:host:1:builds", 0, -1) == ["report"]
     assert client.get("resque:stat:processed") == "1"
     assert client.exists("resque:worker:host:1:builds") == 0
+
+
+def test_start_writes_state_and_numbered_reports_in_the_same_script(client: redis.Redis) -> None:
+    """Issue #10 round 2: the reports queued by start() carry the attempt number Redis counted."""
+    q = make(client)
+    q.push(job(7))
+    taken = q.take(1)
+    client.set("resque:travis:attempt:7", "2")  # two earlier runs
+    writes = [("resque:travis:worker_state", "host:1:builds", '{"state": "working"}')]
+    templates = [state_template(7, s, "host:1:builds") for s in ("received", "started")]
+    assert q.start(taken, now_iso(), 7, hash_writes=writes, reports=templates) == 3
+    assert client.hget("resque:travis:worker_state", "host:1:builds") == '{"state": "working"}'
+    entries = [json.loads(e) for e in client.lrange("resque:travis:outbox:host:1:builds", 0, -1)]
+    assert [(e["body"]["state"], e["body"]["attempt"], e["body"]["id"]) for e in entries] == [
+        ("received", 3, 7),
+        ("started", 3, 7),
+    ]
+    assert parse_iso(entries[0]["body"]["received_at"]) is not None
+    assert client.get("resque:travis:attempt:7") == "3" and client.ttl("resque:travis:attempt:7") > 0
+    assert json.loads(client.get("resque:worker:host:1:builds"))["payload"] == json.loads(job(7))
 
 
 def test_take_returns_held_job_first(client: redis.Redis) -> None:

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import pytest
 import redis
-from harness import finished, job_json, wait_for
+from harness import finished, job_json, reports, wait_for
 from travis_worker import cli
 from travis_worker import worker as worker_module
 from travis_worker.config import load_config
@@ -201,3 +201,44 @@ def test_idle_worker_switches_when_a_new_image_is_published_and_reports_it(
     assert f"20261202.041500 ({DIGEST[:12]})" in capsys.readouterr().out
     time.sleep(0.6)
     assert executor.prepares == 2  # not due any more: no further resets while idle
+
+
+def test_a_clean_sandbox_job_costs_one_redis_round_trip_between_pickup_and_build(
+    client: redis.Redis,
+    run_worker: Callable,
+    tmp_path: Path,
+    repo: tuple[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue #10 round 2: with the sandbox reset before pickup, marking the job, numbering the attempt, the
+    state `working` and the `received`/`started` reports are one Lua script: one round trip of the worker's
+    thread between the BLMOVE that took the job and the build's start (it was 4: MULTI, state, 2 RPUSH)."""
+    sends: list[tuple[int, bytes]] = []
+    original = redis.connection.Connection.send_packed_command
+
+    def recording(self: Any, command: Any, *args: Any, **kwargs: Any) -> Any:
+        data = command if isinstance(command, bytes) else b"".join(bytes(c) for c in command)
+        sends.append((threading.get_ident(), data))
+        return original(self, command, *args, **kwargs)
+
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", recording)
+    executor = Recording(tmp_path / "builds")
+    sent_at_run: list[int] = []
+    run = executor.run
+
+    def counting_run(*args: Any) -> Any:
+        sent_at_run.append(len(sends))
+        return run(*args)
+
+    executor.run = counting_run  # type: ignore[method-assign]
+    worker, thread = run_worker(executor)
+    wait_for(lambda: worker.state == "idle" and executor.prepares == 1, 10, "the start-up reset")
+    push(client, job_json(1, repo, "true"))
+    wait_for(lambda: 1 in finished(client), 30, "the build")
+    mine = [data for ident, data in sends[: sent_at_run[0]] if ident == thread.ident]
+    taken = max(i for i, data in enumerate(mine) if b"BLMOVE" in data)
+    between = mine[taken + 1 :]
+    assert len(between) == 1, between
+    wait_for(lambda: any(r.get("state") == "finished" for r in reports(client)), 10, "finished delivered")
+    states = [(r["state"], r["attempt"], r["worker"]) for r in reports(client) if "state" in r]
+    assert states == [(s, 1, worker.id) for s in ("received", "started", "finished")]

@@ -115,6 +115,20 @@ def failure_record(
     )
 
 
+# KEYS: worker:<id>, attempt:<job id>, outbox, then one hash per (field, value) pair of ARGV
+# ARGV: <ns>:worker:<id> document, attempt TTL, number of hash writes N, N (field, value) pairs, then outbox
+#       entries as (text before the attempt number, text after it) pairs
+START_LUA = """
+redis.call('SET', KEYS[1], ARGV[1])
+local attempt = redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+local n = tonumber(ARGV[3])
+for i = 1, n do redis.call('HSET', KEYS[3 + i], ARGV[2 + 2 * i], ARGV[3 + 2 * i]) end
+for i = 4 + 2 * n, #ARGV, 2 do redis.call('RPUSH', KEYS[3], ARGV[i] .. attempt .. ARGV[i + 1]) end
+return attempt
+"""
+
+
 class Queue:
     """All queue state transitions of one worker. Every multi-key change is one MULTI/EXEC."""
 
@@ -134,6 +148,7 @@ class Queue:
         self.max_attempts = max_attempts
         self.max_payload = max_payload
         self._finish_script = client.register_script(FINISH_LUA)
+        self._start_script = client.register_script(START_LUA)
         self._working: tuple[str, str] | None = None  # (raw job, <ns>:worker:<id> document) since start()
 
     # -- producer side -------------------------------------------------------------------------------
@@ -248,16 +263,29 @@ class Queue:
         pipe.lpush(self.keys.queue(queue), bumped)
         return "requeued"
 
-    def start(self, envelope: Envelope, run_at: str, job_id: int) -> int:
+    def start(
+        self,
+        envelope: Envelope,
+        run_at: str,
+        job_id: int,
+        *,
+        hash_writes: Sequence[tuple[str, str, str]] = (),
+        reports: Sequence[tuple[str, str]] = (),
+    ) -> int:
         """Mark the job as ours and running (`<ns>:worker:<id>`) and number this run of job `job_id`: 1, 2,
-        ... whatever requeued it (kept 30 days). One MULTI, one round trip; returns the attempt number."""
+        ... whatever requeued it (kept 30 days). In the same round trip (one Lua script, atomic): the
+        `hash_writes` (key, field, value), e.g. the worker state, and `reports` appended to the outbox, each
+        given as the text before and after its attempt number (`reporter.state_template`). Returns the
+        attempt number."""
         doc = json.dumps({"queue": self.queue, "run_at": run_at, "payload": envelope.stored})
-        key = self.keys.attempt(job_id)
-        pipe = self.r.pipeline(transaction=True)
-        pipe.set(self.keys.worker(self.worker_id), doc)
-        pipe.incr(key)
-        pipe.expire(key, ATTEMPT_TTL)
-        attempt = int(pipe.execute()[1])
+        keys = [self.keys.worker(self.worker_id), self.keys.attempt(job_id), self.keys.outbox(self.worker_id)]
+        args: list[str | int] = [doc, ATTEMPT_TTL, len(hash_writes)]
+        for key, field, value in hash_writes:
+            keys.append(key)
+            args += [field, value]
+        for before, after in reports:
+            args += [before, after]
+        attempt = int(self._start_script(keys=keys, args=args))
         self._working = (envelope.raw, doc)
         return attempt
 

@@ -59,7 +59,7 @@ return sent
 """
 
 
-def state_entry(job_id: int, state: str, worker_id: str, attempt: int = 1, **fields: Any) -> str:
+def state_entry(job_id: int, state: str, worker_id: str, attempt: int | str = 1, **fields: Any) -> str:
     """`attempt`: the run of the job this report belongs to (1, 2, ... at every start of the job)."""
     body = {
         "id": job_id,
@@ -70,6 +70,17 @@ def state_entry(job_id: int, state: str, worker_id: str, attempt: int = 1, **fie
         **fields,
     }
     return json.dumps({"job_id": job_id, "type": "state", "body": body})
+
+
+ATTEMPT_MARK = "\x00attempt\x00"
+
+
+def state_template(job_id: int, state: str, worker_id: str, **fields: Any) -> tuple[str, str]:
+    """`state_entry` split where its attempt number goes, for a writer that learns the number inside Redis
+    (`Queue.start`): the entry is `before + str(attempt) + after`."""
+    entry = state_entry(job_id, state, worker_id, ATTEMPT_MARK, **fields)
+    before, after = entry.split(json.dumps(ATTEMPT_MARK))
+    return before, after
 
 
 def log_entry(job_id: int, number: int, content: str, final: bool = False, attempt: int = 1) -> str:

@@ -28,6 +28,7 @@ from travis_worker.reporter import (
     Transport,
     push_with_retry,
     state_entry,
+    state_template,
 )
 from travis_worker.script import build_script, secure_values
 
@@ -117,7 +118,8 @@ class Worker:
         image = getattr(self.executor, "image", None)
         return image.summary() if image is not None else None
 
-    def _write_state(self, pipe: Any = None) -> None:
+    def _state_writes(self) -> list[tuple[str, str, str]]:
+        """(hash, field, JSON) of this worker's state: `worker_state` and, with a VM, `vm_state`."""
         doc = {
             "state": self.state,
             "job_id": self.current_job,
@@ -125,11 +127,16 @@ class Worker:
             "since": self.state_since,
             "image": self.image(),
         }
-        own = pipe or self.r.pipeline(transaction=True)
         extra = {"heartbeat_interval": self.interval, "beat": self.last_beat}
-        own.hset(self.keys.worker_state, self.id, json.dumps({**doc, **extra}))
+        writes = [(self.keys.worker_state, self.id, json.dumps({**doc, **extra}))]
         if self.vm:
-            own.hset(self.keys.vm_state, self.vm, json.dumps({**doc, "worker": self.id}))
+            writes.append((self.keys.vm_state, self.vm, json.dumps({**doc, "worker": self.id})))
+        return writes
+
+    def _write_state(self, pipe: Any = None) -> None:
+        own = pipe or self.r.pipeline(transaction=True)
+        for key, field, value in self._state_writes():
+            own.hset(key, field, value)
         if pipe is None:
             own.execute()
 
@@ -441,25 +448,39 @@ class Worker:
         try:
             attempt = 0
 
+            clean = self.clean
+
             def begin() -> None:
                 nonlocal attempt
-                attempt = self.queue.start(envelope, now_iso(), job.id)
+                if not clean:
+                    attempt = self.queue.start(envelope, now_iso(), job.id)
+                    return
+                # the sandbox is ready: job marked, attempt numbered, state `working`, `received` and
+                # `started` queued in one round trip (docs/runner.md, "Benchmark")
+                with self._state_lock:  # the heartbeat writes the state under this lock too
+                    if self.state != "working":
+                        self.state, self.state_since = "working", now_iso()
+                    writes = self._state_writes()
+                reports = [state_template(job.id, s, self.id) for s in ("received", "started")]
+                attempt = self.queue.start(envelope, now_iso(), job.id, hash_writes=writes, reports=reports)
 
             push_with_retry(begin, "marking the job as running")
-            self.set_state("working")
-            received = state_entry(job.id, "received", self.id, attempt)
-            push_with_retry(lambda: self.r.rpush(outbox, received), "queueing the received report")
-            self.sender.notify()
-            if not self.clean:  # never expected (the loop resets first); the invariant must hold anyway
+            if clean:
+                self.metrics.set_state("working")
+            else:  # never expected (the loop resets first); the invariant must hold anyway: the old order
+                self.set_state("working")
+                received = state_entry(job.id, "received", self.id, attempt)
+                push_with_retry(lambda: self.r.rpush(outbox, received), "queueing the received report")
+                self.sender.notify()
                 try:
                     with self.metrics.sandbox_reset():
                         self.executor.prepare()
                 except SandboxError as exc:
                     self._sandbox_failed(envelope, job, exc)
                     return
+                started = state_entry(job.id, "started", self.id, attempt)
+                push_with_retry(lambda: self.r.rpush(outbox, started), "queueing the started report")
             self.clean = False  # from here on the build may touch the VM: reset after it
-            started = state_entry(job.id, "started", self.id, attempt)
-            push_with_retry(lambda: self.r.rpush(outbox, started), "queueing the started report")
             self.sender.notify()
             stream = LogStream(
                 self.r,
