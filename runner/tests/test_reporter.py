@@ -18,6 +18,7 @@ from travis_worker.reporter import (
     LOG_PART_BYTES,
     DeliveryError,
     HttpTransport,
+    LogFlusher,
     LogStream,
     RedisTransport,
     Sender,
@@ -175,6 +176,33 @@ def test_log_stream_close_leaves_the_last_parts_to_the_finishing_transaction(cli
         {"id": 9, "attempt": 1, "number": 1, "log": "last words\r\n", "final": False},
         {"id": 9, "attempt": 1, "number": 2, "log": "", "final": True},
     ]
+
+
+def test_one_log_flusher_thread_serves_the_streams_of_successive_jobs(client: redis.Redis) -> None:
+    """Issue #10 round 2: no thread per job; the worker's flusher queues each stream's parts every 0.25 s."""
+    flusher = LogFlusher()
+    before = {t.ident for t in threading.enumerate()}
+    for job_id in (1, 2):
+        stream = LogStream(client, K, WID, job_id, lambda: None, flusher=flusher)
+        stream.write(f"job {job_id} output\r\n".encode())
+        wait_for(lambda n=job_id: client.llen(K.outbox(WID)) == n, 5, "the periodic flush")
+        stream.write(b"after the flush\r\n")
+        last = [json.loads(e)["body"]["log"] for e in stream.close()]
+        assert last == ["after the flush\r\n", ""]  # left to the finishing transaction, not flushed
+    new = [t for t in threading.enumerate() if t.ident not in before]
+    assert [t.name for t in new] == ["log-flusher"]
+    queued = [json.loads(e)["body"] for e in client.lrange(K.outbox(WID), 0, -1)]
+    assert [(b["id"], b["number"], b["log"]) for b in queued] == [
+        (1, 1, "job 1 output\r\n"),
+        (2, 1, "job 2 output\r\n"),
+    ]
+    stream = LogStream(
+        client, K, WID, 3, lambda: None
+    )  # without a flusher: a thread of its own, ended by close
+    own = next(t for t in threading.enumerate() if t.name == "log-3")
+    stream.close()
+    own.join(2)
+    assert not own.is_alive()
 
 
 def test_http_transport_reconnects_when_the_app_dropped_the_kept_alive_connection() -> None:

@@ -242,3 +242,33 @@ def test_a_clean_sandbox_job_costs_one_redis_round_trip_between_pickup_and_build
     wait_for(lambda: any(r.get("state") == "finished" for r in reports(client)), 10, "finished delivered")
     states = [(r["state"], r["attempt"], r["worker"]) for r in reports(client) if "state" in r]
     assert states == [(s, 1, worker.id) for s in ("received", "started", "finished")]
+
+
+def test_log_parts_of_every_job_go_through_one_long_lived_thread(
+    client: redis.Redis,
+    run_worker: Callable,
+    tmp_path: Path,
+    repo: tuple[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue #10 round 2: no log-stream thread started per job; parts are still cut while a build runs."""
+    started: list[str] = []
+    original = threading.Thread.start
+
+    def recording(self: threading.Thread) -> None:
+        started.append(self.name)
+        original(self)
+
+    executor = Recording(tmp_path / "builds")
+    worker, _ = run_worker(executor)
+    wait_for(lambda: worker.state == "idle" and executor.prepares == 1, 10, "the start-up reset")
+    monkeypatch.setattr(threading.Thread, "start", recording)
+    for job_id in (1, 2):
+        push(client, job_json(job_id, repo, "echo first; sleep 0.8; echo second"))
+        wait_for(lambda n=job_id: n in finished(client), 30, f"build {job_id}")
+    assert [name for name in started if name.startswith("log-")] == ["log-flusher"]  # started by job 1
+    for job_id in (1, 2):
+        parts = [r for r in reports(client) if r.get("job_id") == job_id and "number" in r]
+        numbers = [p["number"] for p in parts if not p["final"]]
+        assert len(numbers) >= 2, parts  # "first" flushed during the sleep, "second" after it
+        assert numbers == list(range(1, len(numbers) + 1))

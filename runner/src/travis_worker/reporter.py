@@ -327,8 +327,48 @@ def push_with_retry(action: Callable[[], Any], what: str, give_up: threading.Eve
             backoff = min(backoff * 2, BACKOFF_MAX)
 
 
+class LogFlusher:
+    """One long-lived thread per worker that queues the log parts of the current `LogStream` every
+    LOG_FLUSH_INTERVAL s (or at once when a stream has LOG_PART_BYTES waiting): no thread started per job."""
+
+    def __init__(self, name: str = "log-flusher", *, once: bool = False) -> None:
+        """`once`: the thread ends when its (only) stream is closed."""
+        self.once = once
+        self._stream: LogStream | None = None
+        self._wake = threading.Event()
+        self._guard = threading.Lock()
+        self._name = name
+        self._thread: threading.Thread | None = None
+
+    def attach(self, stream: LogStream) -> None:
+        with self._guard:
+            self._stream = stream
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
+                self._thread.start()
+
+    def detach(self, stream: LogStream) -> None:
+        with self._guard:
+            if self._stream is stream:
+                self._stream = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while True:
+            self._wake.wait(LOG_FLUSH_INTERVAL)
+            self._wake.clear()
+            stream = self._stream
+            if stream is None and self.once:
+                return
+            if stream is not None and not stream.closed:
+                stream.flush()
+
+
 class LogStream:
-    """Collects build output as it arrives and appends numbered log parts to the outbox in the background."""
+    """Collects build output as it arrives and appends numbered log parts to the outbox in the background
+    (on the worker's `LogFlusher` thread, or on a thread of its own without one)."""
 
     def __init__(
         self,
@@ -340,6 +380,7 @@ class LogStream:
         *,
         attempt: int = 1,
         secrets: Iterable[str] = (),
+        flusher: LogFlusher | None = None,
     ):
         self.r = client
         self.outbox = keys.outbox(worker_id)
@@ -353,10 +394,13 @@ class LogStream:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
-        self._wake = threading.Event()
         self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"log-{job_id}", daemon=True)
-        self._thread.start()
+        self._flusher = flusher or LogFlusher(f"log-{job_id}", once=True)
+        self._flusher.attach(self)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
 
     def write(self, data: bytes) -> None:
         text = self._decoder.decode(data)
@@ -365,19 +409,13 @@ class LogStream:
             self._size += len(text)
             big = self._size >= LOG_PART_BYTES
         if big:
-            self._wake.set()
-
-    def _loop(self) -> None:
-        while True:
-            self._wake.wait(LOG_FLUSH_INTERVAL)
-            self._wake.clear()
-            if self._closed.is_set():
-                return  # what is left goes out with close()'s entries
-            self.flush()
+            self._flusher.wake()
 
     def flush(self) -> None:
         """Queue what was written since the last flush as log parts (the worker's thread, every 0.25 s)."""
         with self._flush_lock:
+            if self._closed.is_set():
+                return  # what is left goes out with close()'s entries
             parts = self._parts(final=False)
             if not parts:
                 return
@@ -404,7 +442,9 @@ class LogStream:
         finishing transaction to queue in the same round trip: the last log parts (if any output came since
         the last flush), then the final (empty) part. No write may follow."""
         self._closed.set()
-        self._wake.set()  # the thread ends by itself; a flush it is in finishes first (_flush_lock)
+        self._flusher.detach(self)  # a flush the flusher is in finishes first (_flush_lock)
+        if self._flusher.once:
+            self._flusher.wake()  # its thread ends by itself (not waiting for it to be scheduled)
         tail = self._decoder.decode(b"", final=True)
         if tail:
             with self._lock:

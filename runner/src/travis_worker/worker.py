@@ -22,6 +22,7 @@ from travis_worker.reporter import (
     BACKOFF_MAX,
     BACKOFF_START,
     HttpTransport,
+    LogFlusher,
     LogStream,
     RedisTransport,
     Sender,
@@ -78,6 +79,7 @@ class Worker:
             box=cfg["vms.box"],
         )
         self.sender = Sender(self.r, self.keys, self.id, make_transport(cfg, self.keys))
+        self.log_flusher = LogFlusher()  # one thread for the log parts of every job (started with the first)
         self.interval = float(cfg["heartbeat_interval"])
         self.dead_after = DEAD_AFTER_BEATS * self.interval
         self.noop_class: str | None = cfg["noop_class"]
@@ -490,6 +492,7 @@ class Worker:
                 self.sender.notify,
                 attempt=attempt,
                 secrets=secure_values(job, self.cfg["git.base_url"]),
+                flusher=self.log_flusher,
             )
             result = self._execute(job, stream, taken_at)
             last_parts = stream.close()  # the last log parts and the final part, queued by _finish
