@@ -7,8 +7,8 @@
 Layout under the store root (``vms.image_store`` of the runner, ``worker_vms_image_store`` of the roles)::
 
     <root>/<slug>/<version>/image.json   written LAST: a version directory without it is incomplete
-    <root>/<slug>/<version>/rootfs/      LXC: the image's root filesystem (the overlay lower layer of every VM)
-    <root>/<slug>/<version>/vm.json      VirtualBox: {"uuid": ..., "snapshot": ...} linked clones are made from
+    <root>/<slug>/<version>/rootfs/      LXC: the image's root filesystem (overlay lower layer of every VM)
+    <root>/<slug>/<version>/vm.json      VirtualBox: {"uuid": ..., "snapshot": ...}, the linked clones' source
     <root>/<slug>/<version>/private_key  the key the image's `vagrant` user accepts (0600, worker user)
     <root>/<slug>/current -> <version>   relative symlink, replaced atomically: moving it is publishing
     <root>/<slug>/users/<vm>             one line: the version that VM runs (written by the runner)
@@ -48,7 +48,7 @@ def read_json(path: str) -> Optional[dict[str, Any]]:
 
 
 def write_json_atomic(path: str, data: dict[str, Any], mode: int = 0o644) -> None:
-    """Write ``data`` to a temp file next to ``path`` and rename it into place (readers never see half a file)."""
+    """Write ``data`` to a temp file next to ``path``, rename it into place (no reader sees half a file)."""
     directory = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
@@ -148,8 +148,8 @@ def previous(found: list[dict[str, Any]], cur: Optional[str]) -> Optional[str]:
 
 
 def prune_plan(bdir: str, keep: int) -> tuple[list[str], dict[str, list[str]]]:
-    """(versions to remove, {kept version: [reasons]}): beyond the newest ``keep`` complete versions, never the
-    `current` one nor one a VM in users/ runs. Incomplete directories are removed too (a failed build)."""
+    """(versions to remove, {kept version: [reasons]}): beyond the newest ``keep`` complete versions, never
+    the `current` one nor one a VM in users/ runs. Incomplete directories are removed too (a failed build)."""
     found = [i["version"] for i in images(bdir)]
     cur = current(bdir)
     in_use: dict[str, list[str]] = {}

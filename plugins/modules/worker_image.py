@@ -12,9 +12,9 @@ module: worker_image
 short_description: Publish, activate, roll back, prune, export and fetch worker images in the image store
 version_added: 0.2.0
 description:
-  - Manages the versioned worker images of one box name in the image store of a worker box (issue 13). A worker
-    runner switches its VM to the version C(<store>/<slug>/current) points to at its next job boundary; this
-    module only changes files in the store (and, for VirtualBox publishing, takes a snapshot).
+  - Manages the versioned worker images of one box name in the image store of a worker box (issue 13). A
+    worker runner switches its VM to the version C(<store>/<slug>/current) points to at its next job boundary;
+    this module only changes files in the store (and, for VirtualBox publishing, takes a snapshot).
   - Layout - C(<store>/<slug>/<version>/) with C(image.json) written last (a directory without it is an
     incomplete build, ignored, removed by O(state=pruned)); LXC images hold C(rootfs/), VirtualBox images
     C(vm.json) (C({"uuid", "snapshot"})); both C(private_key). C(<store>/<slug>/current) is a relative symlink
@@ -27,11 +27,11 @@ description:
     O(private_key) is copied, C(image.json) written, and C(current) moved (O(activate)). When a complete
     version with the same O(digest) and provider exists, nothing is built (a rerun after a failure); with
     O(activate) C(current) is moved to it.
-  - O(state=current) - move C(current) to O(version) (a version name or V(previous), the newest complete version
-    older than the current one). This is rollback.
-  - O(state=pruned) - remove the complete versions beyond the newest O(keep), never the current one nor one named
-    in C(users/); and incomplete version directories. VirtualBox - the version's snapshot is deleted first; when
-    that fails (a clone still uses it) the version is kept and a warning says why.
+  - O(state=current) - move C(current) to O(version) (a version name or V(previous), the newest complete
+    version older than the current one). This is rollback.
+  - O(state=pruned) - remove the complete versions beyond the newest O(keep), never the current one nor one
+    named in C(users/); and incomplete version directories. VirtualBox - the version's snapshot is deleted
+    first; when that fails (a clone still uses it) the version is kept and a warning says why.
   - O(state=status) - report versions, current, users, incomplete builds. Never changes anything.
   - O(state=exported) - LXC only. Write the version O(version) (default the current one) as a box
     C(<catalog>/<slug>-<version>-lxc.box) (tar.gz with C(metadata.json), C(private_key) and the C(rootfs/)
@@ -90,7 +90,8 @@ options:
     type: path
     default: /var/lib/lxc
   vm:
-    description: VirtualBox - the base VM (name or UUID) to snapshot; run the module as the user it is registered to.
+    description:
+      - VirtualBox - the base VM (name or UUID) to snapshot; run the module as the user it is registered to.
     type: str
   vm_uuid:
     description: VirtualBox - the base VM's UUID written to C(vm.json); default O(vm).
@@ -102,7 +103,8 @@ options:
     description: The SSH private key the image's C(vagrant) user accepts (the base VM's Vagrant key).
     type: path
   owner:
-    description: The worker user; owns the store's box directory, C(users/) and C(private_key). Default - unchanged.
+    description:
+      - The worker user; owns the store's box directory, C(users/) and C(private_key). Default - unchanged.
     type: str
   keep:
     description: With O(state=pruned), how many newest complete versions stay.
@@ -113,8 +115,9 @@ options:
       C(metadata.json), or an C(http(s)://) / C(file://) URL of either.
     type: str
   catalog_url:
-    description: O(state=exported) - the URL the other boxes reach the catalog directory at (the box URL becomes
-      C(<catalog_url>/<file>)); default C(file://<catalog>).
+    description:
+      - O(state=exported) - the URL the other boxes reach the catalog directory at (the box URL becomes
+        C(<catalog_url>/<file>)); default C(file://<catalog>).
     type: str
   hostname:
     description: The C(built_on) of C(image.json); default this host's name.
@@ -176,7 +179,7 @@ box_dir:
   type: str
   sample: /var/lib/travis-worker/images/twlab-VAGRANTSLASH-debian12
 version:
-  description: The version published, activated, exported or fetched (the existing one when nothing was built).
+  description: The version published, activated, exported or fetched (the existing one if nothing was built).
   returned: when a version is involved
   type: str
   sample: "20261202.041500"
@@ -280,8 +283,9 @@ def rootfs_of(lxc_path: str, container: str) -> str:
             text = handle.read()
     except OSError as exc:
         raise ImageError(
-            f"cannot read {config}: {exc}; is the base VM created (vagrant status in its project) and lxc_path right?"
-        )
+            f"cannot read {config}: {exc}; is the base VM created (vagrant status in its project)"
+            " and lxc_path right?"
+        ) from exc
     path = os.path.join(lxc_path, container, "rootfs")
     for line in text.splitlines():
         key, sep, value = line.partition("=")
@@ -334,7 +338,7 @@ class Store:
         except KeyError:
             raise ImageError(
                 f"owner {self.p['owner']!r} is not a user on this host; create it (the worker role does)"
-            )
+            ) from None
         return entry.pw_uid, entry.pw_gid
 
     def ensure_dirs(self) -> None:
@@ -354,7 +358,8 @@ class Store:
             return
         if not os.path.isfile(src):
             raise ImageError(
-                f"private_key {src} does not exist; it is the base VM's .vagrant/machines/<vm>/<provider>/private_key"
+                f"private_key {src} does not exist; it is the base VM's"
+                " .vagrant/machines/<vm>/<provider>/private_key"
             )
         dest = os.path.join(vdir, "private_key")
         shutil.copyfile(src, dest)
@@ -382,11 +387,10 @@ class Store:
         version = self.p["version"] or now_version()
         if version in store_lib.RESERVED or "/" in version or version.startswith("."):
             raise ImageError(f"version {version!r} is not a usable directory name")
-        if os.path.lexists(os.path.join(self.bdir, version)):
-            if os.path.isfile(os.path.join(self.bdir, version, store_lib.IMAGE_JSON)):
-                raise ImageError(
-                    f"version {version} exists already in {self.bdir}; pick another name or leave version unset"
-                )
+        if os.path.isfile(os.path.join(self.bdir, version, store_lib.IMAGE_JSON)):
+            raise ImageError(
+                f"version {version} exists already in {self.bdir}; pick another name or no version"
+            )
         return version
 
     def remove_version_dir(self, version: str) -> None:
@@ -462,7 +466,7 @@ class Store:
                         snapshot,
                     ],
                     f"VBoxManage snapshot {p['vm']} take {snapshot}",
-                    "run the module as the user the base VM is registered to, with the VM powered off or saved",
+                    "run the module as the user the base VM is registered to, with the VM powered off",
                 )
                 store_lib.write_json_atomic(
                     os.path.join(vdir, "vm.json"), {"uuid": p["vm_uuid"] or p["vm"], "snapshot": snapshot}
@@ -487,14 +491,16 @@ class Store:
             target = store_lib.previous(found, store_lib.current(self.bdir))
             if target is None:
                 raise ImageError(
-                    f"no complete version older than the current one ({store_lib.current(self.bdir)}) in {self.bdir}: nothing to roll back to"
+                    f"no complete version older than the current one ({store_lib.current(self.bdir)})"
+                    f" in {self.bdir}: nothing to roll back to"
                 )
         else:
             target = want
         image = self.image_of(target)
         if image is None:
             raise ImageError(
-                f"version {target} is not a complete image in {self.bdir}; complete versions: {[i['version'] for i in found]}"
+                f"version {target} is not a complete image in {self.bdir};"
+                f" complete versions: {[i['version'] for i in found]}"
             )
         self.result.update(version=target, image=image)
         self.activate(target)
@@ -513,7 +519,8 @@ class Store:
                 )
                 if rc != 0 and "VBOX_E_OBJECT_NOT_FOUND" not in err and "Could not find" not in err:
                     self.module.warn(
-                        f"kept {version}: deleting snapshot {vm['snapshot']} of {vm['uuid']} failed: {(err or out).strip()[-300:]}"
+                        f"kept {version}: deleting snapshot {vm['snapshot']} of {vm['uuid']} failed:"
+                        f" {(err or out).strip()[-300:]}"
                     )
                     kept[version] = ["snapshot delete failed"]
                     continue
@@ -532,7 +539,8 @@ class Store:
             raise ImageError(f"no complete version {version!r} in {self.bdir} to export (publish one first)")
         if image.get("provider") != "lxc":
             raise ImageError(
-                f"version {version} is a {image.get('provider')} image; catalog export is done for LXC images only "
+                f"version {version} is a {image.get('provider')} image; catalog export is done for LXC images"
+                " only "
                 "(a VirtualBox image is a snapshot of a VM registered on this box; build it on each box)"
             )
         catalog = p["catalog"]
@@ -560,12 +568,20 @@ class Store:
             members = ["rootfs"] + (
                 ["private_key"] if os.path.isfile(os.path.join(vdir, "private_key")) else []
             )
-            self.run(
-                [self.module.get_bin_path("tar", required=True), "--numeric-owner", "--xattrs", "-czf", tmp_box,
-                 "-C", work, "metadata.json", "-C", vdir] + members,
-                f"archiving {vdir}",
-                f"check free space in {catalog}",
-            )  # fmt: skip
+            tar = self.module.get_bin_path("tar", required=True)
+            argv = [
+                tar,
+                "--numeric-owner",
+                "--xattrs",
+                "-czf",
+                tmp_box,
+                "-C",
+                work,
+                "metadata.json",
+                "-C",
+                vdir,
+            ]
+            self.run([*argv, *members], f"archiving {vdir}", f"check free space in {catalog}")
             checksum = sha256_of(tmp_box)
             size = os.path.getsize(tmp_box)
             os.rename(tmp_box, box_file)
@@ -605,7 +621,7 @@ class Store:
             try:
                 return json.loads(resp.read()), url
             except ValueError as exc:
-                raise ImageError(f"the catalog {url} is not JSON: {exc}")
+                raise ImageError(f"the catalog {url} is not JSON: {exc}") from exc
         path = parsed.path if parsed.scheme == "file" else src
         if os.path.isdir(path):
             path = os.path.join(path, "metadata.json")
@@ -682,18 +698,22 @@ class Store:
             got = sha256_of(box_file)
             if provider.get("checksum") and got != provider["checksum"]:
                 raise ImageError(
-                    f"box {url}: sha256 {got} does not match the catalog's {provider['checksum']}; nothing was unpacked"
+                    f"box {url}: sha256 {got} does not match the catalog's {provider['checksum']};"
+                    " nothing was unpacked"
                 )
             self.result.update(box_file=url, sha256=got)
             if os.path.isdir(vdir):
                 shutil.rmtree(vdir)
             os.makedirs(vdir, mode=0o755)
-            self.run(
-                [self.module.get_bin_path("tar", required=True), "--numeric-owner", "--xattrs", "-xzf", box_file, "-C", vdir,
-                 "--exclude=./image.json", "--exclude=image.json", "--exclude=metadata.json", "--exclude=./metadata.json"],
-                f"unpacking {url}",
-                f"check free space in {self.bdir}",
-            )  # fmt: skip
+            tar = self.module.get_bin_path("tar", required=True)
+            argv = [tar, "--numeric-owner", "--xattrs", "-xzf", box_file, "-C", vdir]
+            skip = [
+                "--exclude=./image.json",
+                "--exclude=image.json",
+                "--exclude=metadata.json",
+                "--exclude=./metadata.json",
+            ]
+            self.run([*argv, *skip], f"unpacking {url}", f"check free space in {self.bdir}")
             key = os.path.join(vdir, "private_key")
             if os.path.isfile(key):
                 os.chmod(key, 0o600)

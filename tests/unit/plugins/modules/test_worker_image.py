@@ -1,6 +1,6 @@
-"""worker_image: publish (LXC: real rsync on a small rootfs; VirtualBox: recorded `VBoxManage snapshot take`),
-activate / rollback, prune (never current or in use), status, catalog export + fetch (real tar, sha256 checked),
-check mode and diff, on real files in tmp_path."""
+"""worker_image: publish (LXC: real rsync on a small rootfs; VirtualBox: recorded `VBoxManage snapshot
+take`), activate / rollback, prune (never current or in use), status, catalog export + fetch (real tar,
+sha256 checked), check mode and diff, on real files in tmp_path."""
 
 from __future__ import annotations
 
@@ -49,7 +49,8 @@ def lab(tmp_path: Path) -> dict[str, Any]:
 def publish_args(lab: dict[str, Any], version: str, digest: str = DIGEST, **extra: Any) -> dict[str, Any]:
     return dict(
         box=BOX, store=str(lab["store"]), state="published", provider="lxc", digest=digest, version=version,
-        lxc_container="base1", lxc_path=str(lab["lxc"]), private_key=str(lab["key"]), hostname="box1", **extra,
+        lxc_container="base1", lxc_path=str(lab["lxc"]), private_key=str(lab["key"]), hostname="box1",
+        **extra,
     )  # fmt: skip
 
 
@@ -134,7 +135,8 @@ def test_publish_virtualbox_takes_snapshot_and_writes_vm_json(run_module, lab) -
     rec = recorded("vboxmanage/snapshot_take")
     uuid = "6f1c2f4e-1111-4a5b-9c3d-0e2f4a6b8c0d"
     args = dict(box=BOX, store=str(lab["store"]), state="published", provider="virtualbox", digest=DIGEST,
-                version="20261202.040000", vm=uuid, snapshot="travis-clean", private_key=str(lab["key"]))  # fmt: skip
+                version="20261202.040000", vm=uuid, snapshot="travis-clean",
+                private_key=str(lab["key"]))  # fmt: skip
     argv = ["/usr/bin/VBoxManage", "snapshot", uuid, "take", "travis-clean"]
     result = run_module(
         worker_image.main, args, [call(argv, rc=rec["rc"], stdout=rec["stdout"], stderr=rec["stderr"])]
@@ -245,8 +247,10 @@ def test_export_then_fetch_on_another_store(run_module, lab, tmp_path: Path) -> 
     other = tmp_path / "store2"
     bdir2 = other / SLUG
     fetch = dict(box=BOX, store=str(other), state="fetched", catalog=str(catalog), digest=DIGEST)
-    extract = call(["/usr/bin/tar", "--numeric-owner", "--xattrs", "-xzf", str(catalog / name), "-C", str(bdir2 / "20261202.010000"),
-                    "--exclude=./image.json", "--exclude=image.json", "--exclude=metadata.json", "--exclude=./metadata.json"], check=tar_create)  # fmt: skip
+    extract = call(["/usr/bin/tar", "--numeric-owner", "--xattrs", "-xzf", str(catalog / name),
+                    "-C", str(bdir2 / "20261202.010000"),
+                    "--exclude=./image.json", "--exclude=image.json",
+                    "--exclude=metadata.json", "--exclude=./metadata.json"], check=tar_create)  # fmt: skip
     got = run_module(worker_image.main, fetch, [extract], diff=True)
     assert got["built"] and got["changed"], got
     v2 = bdir2 / "20261202.010000"
@@ -262,8 +266,13 @@ def test_fetch_refuses_a_box_with_a_wrong_checksum(run_module, lab, tmp_path: Pa
     catalog = tmp_path / "catalog"
     catalog.mkdir()
     (catalog / "x.box").write_bytes(b"not the box the catalog describes")
-    meta = {"name": BOX, "versions": [{"version": "20261202.010000", "travis_worker": {"digest": DIGEST},
-            "providers": [{"name": "lxc", "url": "x.box", "checksum_type": "sha256", "checksum": "0" * 64}]}]}  # fmt: skip
+    provider = {"name": "lxc", "url": "x.box", "checksum_type": "sha256", "checksum": "0" * 64}
+    meta = {
+        "name": BOX,
+        "versions": [
+            {"version": "20261202.010000", "travis_worker": {"digest": DIGEST}, "providers": [provider]}
+        ],
+    }
     (catalog / "metadata.json").write_text(json.dumps(meta))
     result = run_module(
         worker_image.main,
