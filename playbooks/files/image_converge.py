@@ -6,10 +6,10 @@
 Polls `travis-worker status --json` (the runners' Redis state: `image.digest` per worker) and the units'
 ActiveState every second for up to WAIT_S seconds (0: once), until every VM whose unit is active reports
 DIGEST.
-STATE_FILE (`-`: none, a one-off look) keeps, across calls, when the wait started (created by the first call) and when each VM was first
-seen on DIGEST. Prints one JSON object: converged, elapsed_s, vms {vm: unit, state, version, digest,
-switched_s}, pending, stopped. Only rows of this host's workers (id `<hostname>:<pid>:<queue>`) count; of
-several, a live one wins over a dead one.
+STATE_FILE (`-`: none, a one-off look) keeps, across calls, when the wait started (created by the first
+call) and when each VM was first seen on DIGEST. Prints one JSON object: converged, elapsed_s, vms {vm: unit,
+state, version, digest, switched_s}, pending, stopped. Only rows of this host's workers (id
+`<hostname>:<pid>:<queue>`) count; of several, a live one wins over a dead one.
 """
 
 from __future__ import annotations
