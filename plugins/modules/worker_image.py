@@ -595,7 +595,7 @@ class Store:
             ],
             "travis_worker": {
                 "digest": image.get("digest"),
-                "image": {k: v for k, v in image.items()},
+                "image": dict(image),
                 "size": size,
             },
         }
