@@ -33,8 +33,11 @@ class Lab(ScratchLab):
 
     logs: Path
 
-    def play(self, playbook: str, *args: str, check: bool = True, timeout: float = 3600) -> str:
-        """Run a playbook against the lab box; return its output (fail the test with it if rc != 0)."""
+    def play(
+        self, playbook: str, *args: str, check: bool = True, timeout: float = 3600, env: dict | None = None
+    ) -> str:
+        """Run a playbook against the lab box; return its output (fail the test with it if rc != 0).
+        ``env`` adds variables to ansible-playbook's environment (e.g. ANSIBLE_ROLES_PATH)."""
         argv = [
             str(ROOT / ".venv/bin/ansible-playbook"),
             "-i", str(ROOT / "inventories/lab"),
@@ -46,7 +49,7 @@ class Lab(ScratchLab):
         proc = subprocess.run(
             argv,
             cwd=ROOT,
-            env=self.env,
+            env={**self.env, **(env or {})},
             capture_output=True,
             text=True,
             timeout=timeout,
