@@ -119,7 +119,7 @@ def test_failed_image_build_leaves_the_vms_untouched(lab: Lab, tmp_path: Path) -
 
 def test_rollback_to_the_previous_image(lab: Lab) -> None:
     first_digest, first_version = next(iter(PUBLISHED.values()))
-    second_digest, second_version, _ = publish_round(lab, rev())
+    _, second_version, _ = publish_round(lab, rev())
     assert second_version > first_version
     jobs = enqueue(lab, 4, sleep=1)
     out = base_box(lab, "-e", "reprovision_rollback_to=previous")
