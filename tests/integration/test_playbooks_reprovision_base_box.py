@@ -153,4 +153,4 @@ def test_an_image_in_use_survives_pruning(lab: Lab) -> None:
         lab.play("playbooks/workers.yml", "-e", "action=start", "-e", "worker=worker-2")
     out = base_box(lab, "-e", revision)  # worker-2 switches when it starts; the rerun waits for it
     assert runner_images(lab) == {vm: digest for vm in VMS}
-    assert "converged on image" in out, out
+    assert "converged on image" in out or "nothing to do" in out, out
