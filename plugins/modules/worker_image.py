@@ -21,8 +21,9 @@ description:
     replaced atomically; C(<store>/<slug>/users/<vm>) (written by the runners) names the version each VM runs.
     C(<slug>) is the box name with C(/) replaced by C(-VAGRANTSLASH-).
   - O(state=published) - a new version from the stopped base VM. LXC - its root filesystem is copied once
-    (C(rsync -aH --numeric-ids)) into C(<version>/rootfs), C(/etc/machine-id) is emptied in the copy (every VM
-    of the image must not share the base VM's id; systemd makes one at boot). VirtualBox -
+    (C(rsync -aHAX --numeric-ids), xattrs such as file capabilities kept) into C(<version>/rootfs);
+    C(/etc/machine-id) is emptied in the copy (the VMs of an image must not share the base VM's id; the LXC
+    helper gives each VM its own). VirtualBox -
     C(VBoxManage snapshot <vm> take <snapshot>), and C(vm.json) names that VM and snapshot. Then
     O(private_key) is copied, C(image.json) written, and C(current) moved (O(activate)). When a complete
     version with the same O(digest) and provider exists, nothing is built (a rerun after a failure); with
@@ -443,7 +444,7 @@ class Store:
                 self.run(
                     [
                         self.module.get_bin_path("rsync", required=True),
-                        "-aH",
+                        "-aHAX",
                         "--numeric-ids",
                         rootfs + "/",
                         os.path.join(vdir, "rootfs") + "/",

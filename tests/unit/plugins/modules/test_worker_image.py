@@ -56,7 +56,7 @@ def publish_args(lab: dict[str, Any], version: str, digest: str = DIGEST, **extr
 
 def rsync(lab: dict[str, Any], version: str) -> Any:
     return real(
-        ["/usr/bin/rsync", "-aH", "--numeric-ids", f"{lab['rootfs']}/", f"{lab['bdir']}/{version}/rootfs/"]
+        ["/usr/bin/rsync", "-aHAX", "--numeric-ids", f"{lab['rootfs']}/", f"{lab['bdir']}/{version}/rootfs/"]
     )
 
 
@@ -107,7 +107,7 @@ def test_failed_copy_leaves_no_version_and_current_unmoved(run_module, lab) -> N
     args = publish_args(lab, "20261202.050000", digest="fedcba9876543210")
     argv = [
         "/usr/bin/rsync",
-        "-aH",
+        "-aHAX",
         "--numeric-ids",
         f"{lab['rootfs']}/",
         f"{lab['bdir']}/20261202.050000/rootfs/",
