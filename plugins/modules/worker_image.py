@@ -574,6 +574,7 @@ class Store:
                 tar,
                 "--numeric-owner",
                 "--xattrs",
+                "--xattrs-include=*",
                 "-czf",
                 tmp_box,
                 "-C",
@@ -707,7 +708,8 @@ class Store:
                 shutil.rmtree(vdir)
             os.makedirs(vdir, mode=0o755)
             tar = self.module.get_bin_path("tar", required=True)
-            argv = [tar, "--numeric-owner", "--xattrs", "-xzf", box_file, "-C", vdir]
+            # without --xattrs-include=* GNU tar restores only user.* xattrs: file capabilities would be lost
+            argv = [tar, "--numeric-owner", "--xattrs", "--xattrs-include=*", "-xzf", box_file, "-C", vdir]
             skip = [
                 "--exclude=./image.json",
                 "--exclude=image.json",

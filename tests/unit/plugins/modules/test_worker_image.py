@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -200,6 +201,11 @@ def test_status_reports_without_changing(run_module, lab) -> None:
 
 
 def test_export_then_fetch_on_another_store(run_module, lab, tmp_path: Path) -> None:
+    ping = lab["rootfs"] / "bin" / "ping"  # Debian's ping needs its file capability (security.capability)
+    ping.write_bytes(b"\x7fELF")
+    caps = shutil.which("setcap") if os.geteuid() == 0 else None
+    if caps:
+        subprocess.run([caps, "cap_net_raw+ep", str(ping)], check=True)
     publish(run_module, lab, "20261202.010000")
     catalog = tmp_path / "catalog"
     vdir = lab["bdir"] / "20261202.010000"
@@ -215,6 +221,7 @@ def test_export_then_fetch_on_another_store(run_module, lab, tmp_path: Path) -> 
             "/usr/bin/tar",
             "--numeric-owner",
             "--xattrs",
+            "--xattrs-include=*",
             "-czf",
             ANY,
             "-C",
@@ -247,7 +254,8 @@ def test_export_then_fetch_on_another_store(run_module, lab, tmp_path: Path) -> 
     other = tmp_path / "store2"
     bdir2 = other / SLUG
     fetch = dict(box=BOX, store=str(other), state="fetched", catalog=str(catalog), digest=DIGEST)
-    extract = call(["/usr/bin/tar", "--numeric-owner", "--xattrs", "-xzf", str(catalog / name),
+    extract = call(["/usr/bin/tar", "--numeric-owner", "--xattrs", "--xattrs-include=*",
+                    "-xzf", str(catalog / name),
                     "-C", str(bdir2 / "20261202.010000"),
                     "--exclude=./image.json", "--exclude=image.json",
                     "--exclude=metadata.json", "--exclude=./metadata.json"], check=tar_create)  # fmt: skip
@@ -259,6 +267,10 @@ def test_export_then_fetch_on_another_store(run_module, lab, tmp_path: Path) -> 
     assert json.loads((v2 / "image.json").read_text())["digest"] == DIGEST
     assert oct((v2 / "private_key").stat().st_mode & 0o777) == "0o600"
     assert os.readlink(bdir2 / "current") == "20261202.010000"
+    if caps:  # the capability survived rsync (publish), tar c (export) and tar x (fetch)
+        assert os.getxattr(v2 / "rootfs/bin/ping", "security.capability") == os.getxattr(
+            ping, "security.capability"
+        )
     assert run_module(worker_image.main, fetch, [])["changed"] is False  # fetched once
 
 
