@@ -165,8 +165,8 @@ def drift_report(lab: Lab, *extra: str, strategy: str = "base_box") -> str:
 
 
 def check_reprovision(lab: Lab, strategy: str) -> None:
-    """reprovision.yml with `strategy` (in_place; base_box has its own tests) keeps every worker serving, loses no
-    job and ends without drift."""
+    """reprovision.yml with `strategy` (in_place; base_box has its own tests) keeps every worker serving,
+    loses no job and ends without drift."""
     revision = f"-e reprovision_recipe_revision=twt-{strategy}-{secrets.token_hex(2)}"
     rev = revision.split(" ", 1)[1]
     out = drift_report(lab, "-e", rev, strategy=strategy)

@@ -132,8 +132,8 @@ def test_rollback_to_the_previous_image(lab: Lab) -> None:
 
 
 def test_an_image_in_use_survives_pruning(lab: Lab) -> None:
-    # current = the first image (rolled back); worker-2 stops on it, then a third image is published with keep=1:
-    # the second goes (neither newest, current nor in use), the first stays because worker-2's VM runs it
+    # current = the first image (rolled back); worker-2 stops on it, then a third image is published with
+    # keep=1: the second goes (neither newest, current nor in use), the first stays: worker-2's VM runs it
     store = image_status(lab)
     in_use = store["current"]
     lab.play("playbooks/workers.yml", "-e", "action=stop", "-e", "worker=worker-2")
