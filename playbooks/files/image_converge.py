@@ -37,7 +37,10 @@ def unit_states(vms: list[str]) -> dict[str, str]:
 
 def runner_rows(binary: str, config: str) -> list[dict[str, Any]]:
     argv = [binary, "--config", config, "status", "--json"]
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    except OSError:  # no runner installed (yet): no worker reports anything
+        return []
     if proc.returncode != 0:
         return []
     try:

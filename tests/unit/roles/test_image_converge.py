@@ -96,3 +96,10 @@ def test_a_runner_that_cannot_answer_counts_as_not_switched(tmp_path: Path) -> N
     (bin_dir / "travis-worker").write_text("#!/bin/sh\necho 'redis: connection refused' >&2\nexit 3\n")
     out = converge(bin_dir, "-", "worker-1")
     assert out["converged"] is False and out["vms"]["worker-1"]["state"] == "absent"
+
+
+def test_a_box_without_the_runner_reports_nothing(tmp_path: Path) -> None:
+    bin_dir = stubs(tmp_path, {"worker-1": "inactive"}, [])
+    (bin_dir / "travis-worker").unlink()
+    out = converge(bin_dir, "-", "worker-1")
+    assert out["stopped"] == ["worker-1"] and out["vms"]["worker-1"]["state"] == "absent"
