@@ -23,7 +23,9 @@ PUBLISHED: dict[str, tuple[str, str]] = {}
 
 
 def base_box(lab: Lab, *extra: str, check: bool = True, env: dict | None = None) -> str:
-    return lab.play("playbooks/reprovision.yml", "-e", "strategy=base_box", *extra, check=check, env=env)
+    """The playbook's output with whitespace runs joined (the YAML callback wraps long messages)."""
+    out = lab.play("playbooks/reprovision.yml", "-e", "strategy=base_box", *extra, check=check, env=env)
+    return " ".join(out.split())
 
 
 def rev() -> str:
