@@ -69,10 +69,11 @@ def reports(client: redis.Redis, job_id: int) -> list[dict[str, Any]]:
     """Every report (state and log) of the job in the Redis reporting list, in order."""
     out = []
     for raw in client.lrange(f"{NS}:reporting:jobs", 0, -1):
-        entry = json.loads(raw)
+        entry = json.loads(raw)  # the redis reporter's {"event": "job:state"|"job:log", "job_id", **body}
+        kind = entry["event"].split(":", 1)[1] if "event" in entry else entry.get("type", "state")
         body = entry.get("body", entry)
         if int(body.get("id", -1)) == job_id:
-            out.append({"type": entry.get("type", "state"), **body})
+            out.append({**body, "type": kind})
     return out
 
 
@@ -129,9 +130,14 @@ def one_build(client: redis.Redis, git_url: str, commit: str, timeout: float = 6
 
 def resets_since(box: Any, since: float) -> list[float]:
     """Reset durations the runners logged on the box since epoch `since`."""
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(since))
-    out = box.ssh(f"TZ=UTC journalctl -q -o cat -u 'travis-worker@*' --since '{stamp}'", timeout=120).stdout
-    return [float(m.group(3)) for m in RESET_LINE.finditer(out)]
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(since - 1))
+    cmd = f"TZ=UTC journalctl -q -o short-unix -u 'travis-worker@*' --since '{stamp}'"
+    out = []
+    for line in box.ssh(cmd, timeout=120).stdout.splitlines():  # "<epoch.usec> <host> <unit>[pid]: <message>"
+        m = RESET_LINE.search(line)
+        if m and float(line.split(" ", 1)[0]) >= since:
+            out.append(float(m.group(3)))
+    return out
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -159,7 +165,7 @@ def measure(client: redis.Redis, box: Any, git_url: str, commit: str, builds: in
         not workers_idle(client) and time.monotonic() < deadline
     ):  # the last build's reset, if after the build
         time.sleep(0.5)
-    resets = resets_since(box, since - 1)
+    resets = resets_since(box, since)
     return {
         "builds": builds,
         "failed": sum(b.result != "passed" for b in done),
