@@ -13,6 +13,7 @@ from typing import Optional
 import pytest
 from travis_worker.executor import Limits, SandboxError, make_executor, spawn_in_pty
 from travis_worker.executor_vagrant import REMOTE_CLOCK, REMOTE_KILL, REMOTE_RUN, VagrantExecutor
+from travis_worker.images import ImageStore, slug
 from travis_worker.vagrant import CommandError, Completed, LxcSandbox, cli_env, parse_ssh_config, run_cli
 
 FIXTURES = Path(__file__).parent / "fixtures" / "vagrant"
@@ -602,26 +603,85 @@ def lxc_executor(tmp_path: Path, runner: FakeRunner) -> VagrantExecutor:
     )
 
 
-def test_lxc_restores_the_sandbox_copy_and_starts_the_same_machine(tmp_path: Path) -> None:
+STORE_RECORDED = "/tmp/lxc-exp-store"  # the store root of the recorded helper runs (PROVENANCE.json)
+BOX = "twlab/debian12"
+DIGEST_1 = "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881"
+DIGEST_2 = "a1fce4363854ff888cff4b8e7875d600c2682390412a8cf79b37d0b11148b0fa"
+
+
+def reset_output(name: str, store: Optional[Path] = None) -> str:
+    """A recorded ``reset``/``status`` JSON line, its store root moved to the test's store."""
+    text = fixture(name)
+    return text.replace(STORE_RECORDED, str(store)) if store is not None else text
+
+
+def publish(
+    store: Path, version: str, digest: str, key: bytes = b"IMAGE KEY\n", current: bool = True
+) -> Path:
+    """An LXC image version as the playbook publishes it: rootfs/, private_key, image.json last, current."""
+    path = store / slug(BOX) / version
+    (path / "rootfs").mkdir(parents=True)
+    (path / "private_key").write_bytes(key)
+    meta = {
+        "box": BOX,
+        "version": version,
+        "digest": digest,
+        "provider": "lxc",
+        "created": "2026-12-02T04:00:00Z",
+    }
+    (path / "image.json").write_text(json.dumps(meta))
+    if current:
+        link = store / slug(BOX) / "current.tmp"
+        link.symlink_to(version)
+        link.rename(store / slug(BOX) / "current")
+    return path
+
+
+def image_executor(tmp_path: Path, runner: FakeRunner, store: Path) -> VagrantExecutor:
+    return executor(
+        tmp_path,
+        runner,
+        provider="lxc",
+        lxc_sandbox=LxcSandbox(runner=runner, helper=helper(tmp_path)),
+        images=ImageStore(str(store), BOX),
+    )
+
+
+def ssh_config_lxc() -> tuple[list[str], int, str, str]:
+    return (["vagrant", "ssh-config", "worker-1"], 0, fixture("vagrant_ssh_config_lxc.txt"), "")
+
+
+def test_lxc_resets_the_overlay_and_starts_the_same_machine_without_vagrant_up(tmp_path: Path) -> None:
     lxc_project(tmp_path)
     h = str(tmp_path / "travis-worker-lxc-sandbox")
     runner = FakeRunner(
         [
+            ([h, "status", CONTAINER], 0, "", ""),
+            ([h, "reset", CONTAINER, "--timeout", "1"], 0, fixture("lxc_sandbox_reset_own.txt"), ""),
+            ssh_config_lxc(),
+            ssh_ready(tmp_path),
+            ([h, "status", CONTAINER], 0, "", ""),
             (
-                [h, "status", CONTAINER],
+                [h, "reset", CONTAINER, "--timeout", "1"],
                 0,
-                f"sandbox snapshot of {CONTAINER} saved 2026-11-28T03:15:01Z\n",
+                fixture("lxc_sandbox_reset_own.txt").replace(".161", ".7"),
                 "",
             ),
-            ([h, "restore", CONTAINER], 0, f"restored {CONTAINER}\n", ""),
-            (["vagrant", "up", "worker-1", "--provider=lxc"], 0, "==> worker-1: Starting container...\n", ""),
-            SSH_CONFIG,
-            ssh_ready(tmp_path),
+            ssh_ready(
+                tmp_path
+            ),  # the second reset reads no `vagrant ssh-config`: the helper gave the address
         ]
     )
-    lxc_executor(tmp_path, runner).prepare()
-    assert not any("destroy" in c["argv"] for c in runner.calls)  # the provisioned machine is kept
-    assert runner.script == []
+    ex = lxc_executor(tmp_path, runner)
+    ex.prepare()
+    config = tmp_path / "state" / "ssh-config-worker-1"
+    assert "  HostName 10.0.3.161\n" in config.read_text()
+    ex.prepare()
+    assert "  HostName 10.0.3.7\n" in config.read_text()
+    assert parse_ssh_config(config.read_text())["worker-1"]["identityfile"].endswith("lxc/private_key")
+    argvs = [c["argv"] for c in runner.calls]
+    assert not any(a[:2] == ["vagrant", "up"] or "destroy" in a for a in argvs)  # the same machine, no Ruby
+    assert runner.script == [] and ex.image is None
 
 
 def test_lxc_takes_the_snapshot_once_when_missing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -629,11 +689,10 @@ def test_lxc_takes_the_snapshot_once_when_missing(tmp_path: Path, caplog: pytest
     h = str(tmp_path / "travis-worker-lxc-sandbox")
     runner = FakeRunner(
         [
-            ([h, "status", CONTAINER], 10, f"no sandbox snapshot of {CONTAINER}\n", ""),
+            ([h, "status", CONTAINER], 10, fixture("lxc_sandbox_status_image.txt"), ""),
             ([h, "save", CONTAINER], 0, "saved\n", ""),
-            ([h, "restore", CONTAINER], 0, "restored\n", ""),
-            (["vagrant", "up", "worker-1", "--provider=lxc"], 0, "", ""),
-            SSH_CONFIG,
+            ([h, "reset", CONTAINER, "--timeout", "1"], 0, fixture("lxc_sandbox_reset_own.txt"), ""),
+            ssh_config_lxc(),
             ssh_ready(tmp_path),
         ]
     )
@@ -659,9 +718,8 @@ def test_lxc_machine_not_created_is_brought_up_then_snapshotted(tmp_path: Path) 
             (["vagrant", "up", "worker-1", "--provider=lxc"], 0, "==> worker-1: Importing base box\n", ""),
             ([h, "status", CONTAINER], 10, "", ""),
             ([h, "save", CONTAINER], 0, "", ""),
-            ([h, "restore", CONTAINER], 0, "", ""),
-            (["vagrant", "up", "worker-1", "--provider=lxc"], 0, "", ""),
-            SSH_CONFIG,
+            ([h, "reset", CONTAINER, "--timeout", "1"], 0, fixture("lxc_sandbox_reset_own.txt"), ""),
+            ssh_config_lxc(),
             ssh_ready(tmp_path),
         ]
     )
@@ -675,12 +733,25 @@ def test_lxc_helper_failure_is_a_sandbox_error_naming_the_command(tmp_path: Path
     runner = FakeRunner(
         [
             ([h, "status", CONTAINER], 0, "", ""),
-            ([h, "restore", CONTAINER], 23, "", "rsync: write failed: No space left on device (28)\n"),
+            (
+                [h, "reset", CONTAINER],
+                6,
+                "",
+                f"travis-worker-lxc-sandbox: container '{CONTAINER}' has no IPv4 address after 1 s\n",
+            ),
         ]
     )
-    with pytest.raises(
-        SandboxError, match=r"VM worker-1 \(lxc.*travis-worker-lxc-sandbox restore .*No space left"
-    ):
+    with pytest.raises(SandboxError, match=r"VM worker-1 \(lxc.*travis-worker-lxc-sandbox reset .*no IPv4"):
+        lxc_executor(tmp_path, runner).prepare()
+
+
+def test_lxc_reset_without_json_is_a_sandbox_error(tmp_path: Path) -> None:
+    lxc_project(tmp_path)
+    h = str(tmp_path / "travis-worker-lxc-sandbox")
+    runner = FakeRunner(
+        [([h, "status", CONTAINER], 0, "", ""), ([h, "reset", CONTAINER], 0, "restored\n", "")]
+    )
+    with pytest.raises(SandboxError, match="printed no JSON with an ip"):
         lxc_executor(tmp_path, runner).prepare()
 
 
@@ -693,9 +764,8 @@ def test_lxc_helper_runs_through_sudo_for_the_worker_user(
     runner = FakeRunner(
         [
             (["sudo", "-n", h, "status", CONTAINER], 0, "", ""),
-            (["sudo", "-n", h, "restore", CONTAINER], 0, "", ""),
-            (["vagrant", "up", "worker-1", "--provider=lxc"], 0, "", ""),
-            SSH_CONFIG,
+            (["sudo", "-n", h, "reset", CONTAINER], 0, fixture("lxc_sandbox_reset_own.txt"), ""),
+            ssh_config_lxc(),
             ssh_ready(tmp_path),
         ]
     )
@@ -713,3 +783,174 @@ def test_lxc_sudo_refusing_the_helper_is_an_error_not_a_missing_snapshot(
     with pytest.raises(SandboxError, match="sudo: a password is required"):
         lxc_executor(tmp_path, runner).prepare()
     assert runner.script == []  # no save attempted over a sudo failure
+
+
+# --- LXC images: switch at the reset -----------------------------------------------------------------------
+
+
+def test_lxc_switches_onto_the_published_image_and_takes_its_key(tmp_path: Path) -> None:
+    project = lxc_project(tmp_path)
+    (project / ".vagrant/machines/worker-1/lxc/private_key").write_bytes(b"OWN KEY\n")
+    store = tmp_path / "images"
+    image = publish(store, "20261202.041500", DIGEST_2)
+    h = str(tmp_path / "travis-worker-lxc-sandbox")
+    runner = FakeRunner(
+        [
+            (
+                [h, "reset", CONTAINER, "--image", str(image), "--timeout", "1"],
+                0,
+                reset_output("lxc_sandbox_reset_switched.txt", store),
+                "",
+            ),
+            ssh_config_lxc(),
+            ssh_ready(tmp_path),
+        ]
+    )
+    ex = image_executor(tmp_path, runner, store)
+    ex.prepare()
+    assert runner.script == []  # no status/save: the image is the clean lower layer
+    assert ex.image is not None and ex.image.summary() == {"version": "20261202.041500", "digest": DIGEST_2}
+    assert ex.switched
+    key = project / ".vagrant/machines/worker-1/lxc/private_key"
+    assert key.read_bytes() == b"IMAGE KEY\n" and key.stat().st_mode & 0o777 == 0o600
+    config = parse_ssh_config((tmp_path / "state" / "ssh-config-worker-1").read_text())["worker-1"]
+    assert config["identityfile"] == str(key) and config["hostname"] == "10.0.3.161"
+    assert (store / slug(BOX) / "users" / "worker-1").read_text() == "20261202.041500\n"
+    assert not ex.switch_due()
+
+
+def test_lxc_keeps_its_image_until_current_moves_then_switches(tmp_path: Path) -> None:
+    lxc_project(tmp_path)
+    store = tmp_path / "images"
+    first = publish(store, "20261202.040000", DIGEST_1)
+    h = str(tmp_path / "travis-worker-lxc-sandbox")
+    runner = FakeRunner(
+        [
+            # start-up: the VM's image is unknown, so the reset names current (the helper: already on it)
+            (
+                [h, "reset", CONTAINER, "--image", str(first)],
+                0,
+                reset_output("lxc_sandbox_reset_image.txt", store),
+                "",
+            ),
+            ssh_config_lxc(),
+            ssh_ready(tmp_path),
+            ([h, "reset", CONTAINER, "--timeout"], 0, reset_output("lxc_sandbox_reset_image.txt", store), ""),
+            ssh_ready(tmp_path),
+        ]
+    )
+    ex = image_executor(tmp_path, runner, store)
+    ex.prepare()
+    assert ex.image is not None and ex.image.version == "20261202.040000" and not ex.switched
+    assert not ex.switch_due()
+    ex.prepare()  # current unchanged: a plain reset, no --image
+    second = publish(store, "20261202.041500", DIGEST_2)
+    assert ex.switch_due()
+    runner.script = [
+        (
+            [h, "reset", CONTAINER, "--image", str(second), "--timeout"],
+            0,
+            reset_output("lxc_sandbox_reset_switched.txt", store),
+            "",
+        ),
+        ssh_ready(tmp_path),
+    ]
+    ex.prepare()
+    assert ex.image is not None and ex.image.digest == DIGEST_2 and ex.switched
+    assert (store / slug(BOX) / "users" / "worker-1").read_text() == "20261202.041500\n"
+    assert runner.script == []
+
+
+def test_lxc_rollback_is_a_switch_to_the_older_version(tmp_path: Path) -> None:
+    lxc_project(tmp_path)
+    store = tmp_path / "images"
+    first = publish(store, "20261202.040000", DIGEST_1)
+    publish(store, "20261202.041500", DIGEST_2)
+    h = str(tmp_path / "travis-worker-lxc-sandbox")
+    runner = FakeRunner(
+        [
+            (
+                [h, "reset", CONTAINER, "--image"],
+                0,
+                reset_output("lxc_sandbox_reset_switched.txt", store),
+                "",
+            ),
+            ssh_config_lxc(),
+            ssh_ready(tmp_path),
+        ]
+    )
+    ex = image_executor(tmp_path, runner, store)
+    ex.prepare()
+    link = store / slug(BOX) / "current.tmp"
+    link.symlink_to("20261202.040000")
+    link.rename(store / slug(BOX) / "current")
+    assert ex.switch_due()
+    runner.script = [
+        (
+            [h, "reset", CONTAINER, "--image", str(first)],
+            0,
+            reset_output("lxc_sandbox_reset_image.txt", store),
+            "",
+        ),
+        ssh_ready(tmp_path),
+    ]
+    ex.prepare()
+    assert ex.image is not None and ex.image.version == "20261202.040000"
+
+
+@pytest.mark.parametrize("problem", ["incomplete", "virtualbox", "not-json"])
+def test_lxc_ignores_a_current_it_cannot_run_and_does_not_poll_it_again(tmp_path: Path, problem: str) -> None:
+    lxc_project(tmp_path)
+    store = tmp_path / "images"
+    image = publish(store, "20261202.041500", DIGEST_2)
+    meta = image / "image.json"
+    if problem == "incomplete":
+        meta.unlink()
+    elif problem == "virtualbox":
+        meta.write_text(meta.read_text().replace('"lxc"', '"virtualbox"'))
+    else:
+        meta.write_text("{half")
+    h = str(tmp_path / "travis-worker-lxc-sandbox")
+    runner = FakeRunner(
+        [
+            ([h, "status", CONTAINER], 0, "", ""),
+            ([h, "reset", CONTAINER, "--timeout"], 0, fixture("lxc_sandbox_reset_own.txt"), ""),
+            ssh_config_lxc(),
+            ssh_ready(tmp_path),
+        ]
+    )
+    ex = image_executor(tmp_path, runner, store)
+    ex.prepare()
+    assert ex.image is None and runner.script == []
+    assert not ex.switch_due()  # an idle worker would otherwise reset every few seconds
+    assert not (store / slug(BOX) / "users" / "worker-1").exists()
+
+
+def test_lxc_image_without_private_key_is_a_sandbox_error(tmp_path: Path) -> None:
+    lxc_project(tmp_path)
+    store = tmp_path / "images"
+    image = publish(store, "20261202.041500", DIGEST_2)
+    (image / "private_key").unlink()
+    h = str(tmp_path / "travis-worker-lxc-sandbox")
+    runner = FakeRunner(
+        [([h, "reset", CONTAINER, "--image"], 0, reset_output("lxc_sandbox_reset_switched.txt", store), "")]
+    )
+    with pytest.raises(SandboxError, match=r"image .*20261202.041500 has no readable private_key"):
+        image_executor(tmp_path, runner, store).prepare()
+
+
+def test_virtualbox_does_not_switch_until_its_reset_does(tmp_path: Path) -> None:
+    """The decision is shared; VirtualBox joins SWITCH_PROVIDERS with its linked-clone reset."""
+    store = tmp_path / "images"
+    publish(store, "20261202.041500", DIGEST_2)
+    ex = executor(tmp_path, FakeRunner([]), images=ImageStore(str(store), BOX))
+    assert ex.wanted_image() is None and not ex.switch_due()
+
+
+def test_make_executor_follows_the_box_images_only_with_vms_box(tmp_path: Path) -> None:
+    ex = make_executor("lxc", project_dir=str(tmp_path), vm_name="worker-1", image_store=str(tmp_path))
+    assert ex.images is None  # type: ignore[attr-defined]
+    ex = make_executor(
+        "lxc", project_dir=str(tmp_path), vm_name="worker-1", image_store=str(tmp_path), box=BOX
+    )
+    assert ex.images.dir == tmp_path / "twlab-VAGRANTSLASH-debian12"  # type: ignore[attr-defined]

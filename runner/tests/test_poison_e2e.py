@@ -190,7 +190,8 @@ def test_kill9_leaves_no_build_directory_after_the_next_start(
     assert [p.name.split("_")[1] for p in root.iterdir() if p.name != "not-a-worker-dir"] == [
         str(next_worker.proc.pid)
     ]
-    assert not list(root.glob("*/travis-worker-job-*"))
+    # the job directory is removed in the background after the build (executor_local.run)
+    wait_for(lambda: not list(root.glob("*/travis-worker-job-*")), 10, "the job directory removed")
 
 
 def test_a_dead_heartbeat_thread_stops_the_worker_and_requeues_its_job(

@@ -208,15 +208,17 @@ def test_enqueue_cli(
     assert cli_main(["enqueue", "--config", str(cfg), str(tmp_path / "bad.json")]) == 65
 
 
-def test_sandbox_failure_requeues_with_attempt_and_marks_errored(
+def test_sandbox_failure_at_start_up_marks_errored_and_takes_no_job(
     client: redis.Redis, spawn: Spawn, repo: tuple[str, str]
 ) -> None:
-    # a real SandboxError: the local executor cannot find bash on this worker's PATH
+    # a real SandboxError: the local executor cannot find bash on this worker's PATH. The worker resets its
+    # sandbox at start-up (issue #13), so it is errored before it takes anything: the job stays queued.
     worker = spawn(env={"PATH": "/nonexistent-twt-path"})
     push(client, job_json(1, repo, "true"))
     wait_for(lambda: worker_state(client, worker).get("state") == "errored", 15, "errored state")
+    time.sleep(0.5)
     head = json.loads(client.lindex("resque:queue:builds", 0))
-    assert head["args"][0]["job"]["id"] == 1 and head["attempts"] == 1
-    assert states(client, 1) == ["received"]
+    assert head["args"][0]["job"]["id"] == 1 and head.get("attempts", 0) == 0
+    assert states(client, 1) == []
     assert client.llen(f"resque:processing:{worker.id}") == 0
-    assert "sandbox reset failed" in worker.log()
+    assert "sandbox reset failed (start-up" in worker.log()

@@ -33,8 +33,11 @@ class Lab(ScratchLab):
 
     logs: Path
 
-    def play(self, playbook: str, *args: str, check: bool = True, timeout: float = 3600) -> str:
-        """Run a playbook against the lab box; return its output (fail the test with it if rc != 0)."""
+    def play(
+        self, playbook: str, *args: str, check: bool = True, timeout: float = 3600, env: dict | None = None
+    ) -> str:
+        """Run a playbook against the lab box; return its output (fail the test with it if rc != 0).
+        ``env`` adds variables to ansible-playbook's environment (e.g. ANSIBLE_ROLES_PATH)."""
         argv = [
             str(ROOT / ".venv/bin/ansible-playbook"),
             "-i", str(ROOT / "inventories/lab"),
@@ -46,7 +49,7 @@ class Lab(ScratchLab):
         proc = subprocess.run(
             argv,
             cwd=ROOT,
-            env=self.env,
+            env={**self.env, **(env or {})},
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -187,15 +190,16 @@ def vms_of(lab: Lab) -> list[str]:
     return sorted({p.split("/", 1)[0] for p in out if re.fullmatch(r"worker-\d+/\w+/id", p)})
 
 
-def drift_report(lab: Lab, *extra: str) -> str:
-    return lab.play("playbooks/reprovision.yml", "-e", "strategy=base_box", "--check", *extra)
+def drift_report(lab: Lab, *extra: str, strategy: str = "base_box") -> str:
+    return lab.play("playbooks/reprovision.yml", "-e", f"strategy={strategy}", "--check", *extra)
 
 
 def check_reprovision(lab: Lab, strategy: str) -> None:
-    """reprovision.yml with `strategy` keeps every worker serving, loses no job and ends without drift."""
+    """reprovision.yml with `strategy` (in_place; base_box has its own tests) keeps every worker serving,
+    loses no job and ends without drift."""
     revision = f"-e reprovision_recipe_revision=twt-{strategy}-{secrets.token_hex(2)}"
     rev = revision.split(" ", 1)[1]
-    out = drift_report(lab, "-e", rev)
+    out = drift_report(lab, "-e", rev, strategy=strategy)
     assert re.search(r"worker-1: .*recipes", out) and re.search(r"worker-2: .*recipes", out), out
     digest = re.search(r"recipe digest ([0-9a-f]{16})", out).group(1)
 
@@ -205,7 +209,7 @@ def check_reprovision(lab: Lab, strategy: str) -> None:
     results = wait_finished(lab, jobs + more, timeout=900)
     assert set(results.values()) == {"passed"}, results  # none lost, none failed
 
-    after = drift_report(lab, "-e", rev)
+    after = drift_report(lab, "-e", rev, strategy=strategy)
     assert "no drift: every worker VM runs the newest box and the current recipes" in after, after
     again = lab.play("playbooks/reprovision.yml", "-e", f"strategy={strategy}", "-e", rev)
     assert f"strategy {strategy}: nothing to do" in again, again  # a rerun continues: nothing left

@@ -142,12 +142,23 @@ def worker_rows(client: redis.Redis, keys: Keys, default_interval: float) -> lis
                 "state": state,
                 "job_id": doc.get("job_id") if isinstance(doc.get("job_id"), (int, str)) else None,
                 "vm": doc.get("vm") if isinstance(doc.get("vm"), str) else None,
+                "image": _image(doc.get("image")),
                 "heartbeat_age": None if age is None else round(age, 3),
                 "processed": _count(client.get(keys.stat("processed", worker_id))),
                 "failed": _count(client.get(keys.stat("failed", worker_id))),
             }
         )
     return rows
+
+
+def _image(value: Any) -> dict[str, str] | None:
+    """The worker's ``image`` ({version, digest}) when it has that shape; None otherwise."""
+    if not isinstance(value, dict):
+        return None
+    version, digest = value.get("version"), value.get("digest")
+    if not isinstance(version, str) or not isinstance(digest, str):
+        return None
+    return {"version": version, "digest": digest}
 
 
 def _count(value: str | None) -> int:
@@ -165,12 +176,13 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
     if not rows:
         print("no workers registered")
         return EXIT_OK
-    print(f"{'WORKER':40} {'STATE':8} {'JOB':>10} {'VM':12} {'BEAT AGE':>9} {'DONE':>6} {'FAILED':>6}")
+    print(f"{'WORKER':40} {'STATE':8} {'JOB':>10} {'VM':12} {'BEAT AGE':>9} {'DONE':>6} {'FAILED':>6} IMAGE")
     for row in rows:
         age = "-" if row["heartbeat_age"] is None else f"{row['heartbeat_age']:.1f}s"
+        image = f"{row['image']['version']} ({row['image']['digest'][:12]})" if row["image"] else "-"
         print(
             f"{row['id']:40} {row['state']:8} {row['job_id'] or '-':>10} {row['vm'] or '-':12} {age:>9} "
-            f"{row['processed']:>6} {row['failed']:>6}"
+            f"{row['processed']:>6} {row['failed']:>6} {image}"
         )
     return EXIT_OK
 

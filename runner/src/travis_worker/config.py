@@ -38,6 +38,8 @@ SCHEMA: dict[str, tuple[tuple[type, ...], Any]] = {
     "vms.project_dir": ((str,), None),
     "vms.count": ((int,), 1),
     "vms.name_prefix": ((str,), "worker-"),
+    "vms.image_store": ((str,), "/var/lib/travis-worker/images"),  # published images per box (images.py)
+    "vms.box": ((str,), None),  # the box whose images the VMs follow (unset: no image switching)
     "git.base_url": ((str,), "https://github.com"),
     "git.clone_depth": ((int,), 50),
     "timeouts.hard_limit": (NUMBER, 3000),
@@ -271,6 +273,17 @@ def _check_required(
         raise ConfigError(
             f"{origin.get('metrics.textfile', where)}: metrics.textfile: put {{vm}} in the path when "
             f"vms.count > 1 (one file per worker), e.g. /var/lib/node_exporter/travis-worker-{{vm}}.prom"
+        )
+    if values["vms.box"] is not None and not re.match(
+        r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)?$", values["vms.box"]
+    ):
+        raise ConfigError(
+            f"{origin.get('vms.box', where)}: vms.box: {values['vms.box']!r} is not a box name "
+            "(e.g. travis/worker-base)"
+        )
+    if not values["vms.image_store"].startswith("/"):
+        raise ConfigError(
+            f"{origin.get('vms.image_store', where)}: vms.image_store: must be an absolute path"
         )
     if not values["queue"] or not re.match(r"^[A-Za-z0-9_.-]+$", values["queue"]):
         raise ConfigError(

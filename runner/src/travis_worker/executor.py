@@ -242,9 +242,17 @@ def stream_process(
 
 
 def make_executor(
-    provider: str, *, project_dir: Optional[str], vm_name: Optional[str], build_root: Optional[str] = None
+    provider: str,
+    *,
+    project_dir: Optional[str],
+    vm_name: Optional[str],
+    build_root: Optional[str] = None,
+    image_store: Optional[str] = None,
+    box: Optional[str] = None,
 ) -> Executor:
-    """An executor for ``vms.provider``: ``local`` (builds in ``build_root``), ``virtualbox`` or ``lxc``."""
+    """An executor for ``vms.provider``: ``local`` (builds in ``build_root``), ``virtualbox`` or ``lxc``.
+
+    With ``box`` (``vms.box``) the Vagrant executors follow the images of that box in ``image_store``."""
     if provider == "local":
         from .executor_local import LocalExecutor
 
@@ -255,6 +263,8 @@ def make_executor(
                 f"vms.provider {provider!r} needs vms.project_dir (the Vagrantfile's directory) and a VM name"
             )
         from .executor_vagrant import VagrantExecutor
+        from .images import ImageStore
 
-        return VagrantExecutor(provider, project_dir=project_dir, vm_name=vm_name)
+        images = ImageStore(image_store, box) if image_store and box else None
+        return VagrantExecutor(provider, project_dir=project_dir, vm_name=vm_name, images=images)
     raise ValueError(f"vms.provider: {provider!r} is not one of {', '.join(PROVIDERS)}")

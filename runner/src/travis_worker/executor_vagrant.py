@@ -8,10 +8,19 @@
   The live snapshot resumes at the time it was taken, so the guest clock is set from the worker host's
   clock over SSH (``sudo -n date -u -s @EPOCH``) before the build; the build log's first line shows it.
 * ``lxc``: vagrant-lxc has no snapshots; the helper ``travis-worker-lxc-sandbox`` (travis.worker.lxc role)
-  keeps a copy of the machine's rootfs as its snapshot ``sandbox`` (taken once when missing, so the recipes
-  applied to the VM are in it): before each job the container is stopped, the copy restored and the machine
-  started with ``vagrant up``. Without the helper the machine is destroyed and brought up fresh from its box
-  (the recipes applied in place are then lost; a warning says so).
+  makes the machine's rootfs an overlay: a clean read-only lower layer (the VM's own saved copy, taken once
+  when missing so the recipes applied to it are in it, or a published image's ``rootfs/``) and a small upper
+  layer. A reset stops the container, empties the upper layer and starts it with ``lxc-start`` (no ``vagrant
+  up``), then the SSH config's HostName is set to the address the helper read. Without the helper the
+  machine is destroyed and brought up fresh from its box (the recipes applied in place are then lost; a
+  warning says so).
+
+The worker resets the VM after each build and at start-up (:mod:`travis_worker.worker`), so an idle worker
+holds a clean, started VM. Images (:mod:`travis_worker.images`): when ``vms.box`` is set and the image store
+has a ``current`` version for it that the VM does not run, the reset moves the VM onto it
+(:meth:`VagrantExecutor.wanted_image` decides, for every provider; LXC: the helper's ``--image``, and the
+image's ``private_key`` becomes the machine's Vagrant key). :attr:`VagrantExecutor.image` is the image the VM
+runs (None: its own snapshot), reported in the worker's state and written to the store's ``users/<vm>``.
 
 SSH options come from ``vagrant ssh-config <vm>``. The remote script runs (``ssh -tt``) as the leader
 of the PTY session sshd made for it and writes its process group id to ``~/.travis-worker/pgid``; a
@@ -30,6 +39,7 @@ import time
 from typing import Callable, Optional
 
 from .executor import BuildResult, Limits, SandboxError, spawn_in_pty, stream_process
+from .images import Image, ImageError, ImageStore
 from .vagrant import (
     OFFLINE_STATES,
     POWER_OFF_STATES,
@@ -41,6 +51,7 @@ from .vagrant import (
     VBoxManage,
     cli_env,
     lxc_container,
+    lxc_private_key,
     parse_ssh_config,
     run_cli,
     transient,
@@ -95,6 +106,7 @@ class VagrantExecutor:
         retries: int = 5,
         settle_timeout: float = 60.0,
         clock: Callable[[], float] = time.time,
+        images: Optional[ImageStore] = None,
     ) -> None:
         if provider not in ("virtualbox", "lxc"):
             raise ValueError(f"vms.provider: {provider!r} is not a Vagrant provider (virtualbox, lxc)")
@@ -116,6 +128,13 @@ class VagrantExecutor:
         self.clock = clock
         self._ssh_config: Optional[str] = None
         self._host: Optional[str] = None
+        self._ssh_text: Optional[str] = None  # `vagrant ssh-config` output, read once (LXC: HostName updated)
+        self._ip: Optional[str] = None  # LXC: the address the helper read after the last start
+        self._identity: Optional[str] = None  # LXC: the image's key, installed as the machine's Vagrant key
+        self.images = images
+        self.image: Optional[Image] = None  # the published image the VM runs; None: its own snapshot
+        self._declined: Optional[str] = None  # a `current` version not taken (incomplete, other provider)
+        self.switched = False  # the last reset moved the VM onto another image
         # lines for the start of the next build's log (re-created VM, guest clock)
         self.notes: list[str] = []
 
@@ -127,6 +146,7 @@ class VagrantExecutor:
     def prepare(self) -> None:
         started = time.monotonic()
         self.notes = []
+        self.switched = False
         try:
             if self.provider == "virtualbox":
                 self._reset_virtualbox()
@@ -136,12 +156,82 @@ class VagrantExecutor:
             self._wait_for_ssh()
             if self.provider == "virtualbox":
                 self._set_guest_clock()
-        except (CommandError, OSError) as exc:
+        except (CommandError, OSError, ImageError) as exc:
             raise SandboxError(
                 f"VM {self.vm_name} ({self.provider}, project {self.project_dir}): sandbox reset failed: "
                 f"{exc}"
             ) from exc
-        log.info("VM %s reset (%s) in %.1f s", self.vm_name, self.provider, time.monotonic() - started)
+        image = "its own snapshot" if self.image is None else f"image {self.image.version}"
+        switched = " (switched)" if self.switched else ""
+        log.info(
+            "VM %s reset (%s) in %.2f s: %s%s",
+            self.vm_name,
+            self.provider,
+            time.monotonic() - started,
+            image,
+            switched,
+        )
+
+    # --- images: which image the VM should run (every provider) -----------------------------------
+
+    # Providers whose reset moves the VM onto a newly published image. VirtualBox: add it once
+    # _reset_virtualbox switches (linked clone of the image's snapshot) and calls adopt_image().
+    SWITCH_PROVIDERS = frozenset({"lxc"})
+
+    def wanted_image(self) -> Optional[Image]:
+        """The published image (``current``) this reset should move the VM onto; None: keep what it runs."""
+        if self.images is None or self.provider not in self.SWITCH_PROVIDERS:
+            return None
+        try:
+            image = self.images.current()
+        except (OSError, ImageError) as exc:
+            log.warning(
+                "VM %s: the published image is not readable, keeping what it runs: %s", self.vm_name, exc
+            )
+            self._declined = self._current_version()
+            return None
+        if image is None:
+            self._declined = self._current_version()
+            return None
+        if image.provider != self.provider:
+            log.warning(
+                "VM %s: %s is a %s image, this worker runs %s VMs: not switching",
+                self.vm_name,
+                image.path,
+                image.provider,
+                self.provider,
+            )
+            self._declined = image.version
+            return None
+        self._declined = None
+        if self.image is not None and self.image.version == image.version:
+            return None
+        return image
+
+    def _current_version(self) -> Optional[str]:
+        try:
+            return self.images.current_version() if self.images else None
+        except (OSError, ImageError):
+            return None
+
+    def switch_due(self) -> bool:
+        """Cheap (one readlink): has ``current`` moved to a version this VM does not run yet?"""
+        if self.images is None or self.provider not in self.SWITCH_PROVIDERS:
+            return False
+        version = self._current_version()
+        if version is None or version == self._declined:
+            return False
+        return self.image is None or version != self.image.version
+
+    def adopt_image(self, image: Optional[Image]) -> None:
+        """Record the image the VM runs now (None: its own snapshot), also in the store's ``users/<vm>``."""
+        self.image = image
+        if self.images is None:
+            return
+        try:
+            self.images.record_user(self.vm_name, image)
+        except OSError as exc:  # pruning then does not know this VM uses it: say so loudly
+            log.error("VM %s: could not record its image in %s/users: %s", self.vm_name, self.images.dir, exc)
 
     def _reset_virtualbox(self) -> None:
         uuid = virtualbox_id(self.project_dir, self.vm_name)
@@ -229,6 +319,7 @@ class VagrantExecutor:
 
     def _reset_lxc(self) -> None:
         container = lxc_container(self.project_dir, self.vm_name)
+        self._ip = None
         if not self.lxc_sandbox.available():
             log.warning(
                 "VM %s: %s is missing, so the VM is re-created from its box before each build and the "
@@ -245,15 +336,53 @@ class VagrantExecutor:
             container = lxc_container(self.project_dir, self.vm_name)
             if container is None:
                 raise OSError(f"`vagrant up {self.vm_name}` left no .vagrant/machines/{self.vm_name}/lxc/id")
-        if not self.lxc_sandbox.exists(container):
+        target = self.wanted_image()
+        # a VM on an image (or moving onto one) has its clean lower layer: no status call on that path
+        if target is None and self.image is None and not self.lxc_sandbox.exists(container):
             log.info("VM %s (container %s) has no snapshot %r: taking it now", self.vm_name, container,
                      SANDBOX_SNAPSHOT)  # fmt: skip
             self.lxc_sandbox.save(container)
-        self.lxc_sandbox.restore(container)
-        self.vagrant.up(self.vm_name, "lxc")
+        if target is not None:
+            log.info(
+                "VM %s: moving onto image %s (digest %.12s)", self.vm_name, target.version, target.digest
+            )
+        info = self.lxc_sandbox.reset(
+            container, str(target.path) if target else None, wait=self.ready_timeout
+        )
+        self._ip = info["ip"]
+        self.switched = info.get("switched") is True
+        on = info.get("image")
+        image = self.images.image_of(on) if self.images is not None and isinstance(on, str) else None
+        if isinstance(on, str) and image is None:
+            log.warning("VM %s runs %s, which is not an image of %s", self.vm_name, on, self.images)
+        self._identity = self._install_key(image) if image is not None else None
+        self.adopt_image(image)
+
+    def _install_key(self, image: Image) -> str:
+        """Make the image's ``private_key`` the machine's Vagrant key (the image accepts only that one)."""
+        path = lxc_private_key(self.project_dir, self.vm_name)
+        try:
+            key = image.private_key.read_bytes()
+        except OSError as exc:
+            raise OSError(f"image {image.path} has no readable private_key ({exc.strerror})") from None
+        try:
+            if path.read_bytes() == key:
+                return str(path)
+        except OSError:
+            pass
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as handle:
+            handle.write(key)
+        os.replace(tmp, path)
+        log.info("VM %s: its Vagrant key is now the one of image %s", self.vm_name, image.version)
+        return str(path)
 
     def _load_ssh_config(self) -> None:
-        text = self.vagrant.ssh_config(self.vm_name)
+        if self._ip is None or self._ssh_text is None:
+            self._ssh_text = self.vagrant.ssh_config(self.vm_name)
+        text = self._ssh_text
+        if self._ip is not None:  # LXC, started by the helper: the address it read, no `vagrant ssh-config`
+            text = _rewrite_ssh_config(text, self._ip, self._identity)
         hosts = parse_ssh_config(text)
         host = self.vm_name if self.vm_name in hosts else next(iter(hosts), None)
         if host is None or "hostname" not in hosts[host]:
@@ -280,7 +409,7 @@ class VagrantExecutor:
                 return
             if time.monotonic() >= deadline:
                 raise CommandError(done, f"SSH not ready after {self.ready_timeout:g} s")
-            time.sleep(1)
+            time.sleep(0.25)
 
     # --- the build -------------------------------------------------------------------------------
 
@@ -338,6 +467,22 @@ class VagrantExecutor:
             log.warning(
                 "VM %s: killing the remote build may have failed: %s", self.vm_name, CommandError(done)
             )
+
+
+def _rewrite_ssh_config(text: str, ip: str, identity: Optional[str]) -> str:
+    """``vagrant ssh-config`` output with HostName ``ip`` and, when given, ``identity`` as the only key."""
+    lines = []
+    for line in text.splitlines():
+        key = line.strip().split(" ", 1)[0].lower()
+        indent = line[: len(line) - len(line.lstrip())]
+        if key == "hostname":
+            line = f"{indent}HostName {ip}"
+        elif key == "identityfile" and identity is not None:
+            if any(seen.strip().lower().startswith("identityfile ") for seen in lines):
+                continue
+            line = f'{indent}IdentityFile "{identity}"'
+        lines.append(line)
+    return "\n".join(lines) + "\n"
 
 
 def _utc(epoch: int) -> str:

@@ -6,12 +6,13 @@ and goes through a :data:`Runner` so unit tests can assert argv and replay recor
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 log = logging.getLogger(__name__)
 
@@ -241,11 +242,18 @@ def lxc_container(project_dir: str, vm_name: str) -> Optional[str]:
         return None
 
 
+def lxc_private_key(project_dir: str, vm_name: str) -> Path:
+    """The machine's Vagrant key (vagrant-lxc's ``private_key``; `vagrant ssh-config` names it if present)."""
+    return Path(project_dir) / ".vagrant" / "machines" / vm_name / "lxc" / "private_key"
+
+
 class LxcSandbox:
-    """The LXC provider's snapshot: ``travis-worker-lxc-sandbox status|save|restore CONTAINER``.
+    """The LXC provider's sandbox: ``travis-worker-lxc-sandbox status|save|reset CONTAINER``.
 
     The helper (installed by the travis.worker.lxc role, root-owned) is run directly as root, otherwise
-    through ``sudo -n`` (the role's sudoers entry lets the worker user run exactly that file).
+    through ``sudo -n`` (the role's sudoers entry lets the worker user run exactly that file). The VM's
+    rootfs is an overlay: a clean lower layer (its own saved copy or a published image) plus a small upper
+    layer that ``reset`` empties before it starts the container again.
     """
 
     def __init__(self, *, runner: Runner = run_cli, helper: str = LXC_SANDBOX_HELPER) -> None:
@@ -255,19 +263,31 @@ class LxcSandbox:
     def available(self) -> bool:
         return os.path.isfile(self.helper) and os.access(self.helper, os.X_OK)
 
-    def _run(self, action: str, container: str, timeout: float, ok: tuple[int, ...] = (0,)) -> Completed:
+    def _run(
+        self, action: str, container: str, *args: str, timeout: float, ok: tuple[int, ...] = (0,)
+    ) -> Completed:
         prefix = [] if os.geteuid() == 0 else ["sudo", "-n"]
-        done = self.runner([*prefix, self.helper, action, container], timeout=timeout)
+        done = self.runner([*prefix, self.helper, action, container, *args], timeout=timeout)
         if done.returncode not in ok:
             raise CommandError(done)
         return done
 
     def exists(self, container: str) -> bool:
+        """True when the VM has a clean lower layer to reset to (its own saved copy or an image)."""
         # 1 is sudo refusing, not "no snapshot": only the helper's own code means that
-        return self._run("status", container, 60, ok=(0, NO_LXC_SNAPSHOT)).returncode == 0
+        return self._run("status", container, timeout=60, ok=(0, NO_LXC_SNAPSHOT)).returncode == 0
 
     def save(self, container: str) -> None:
-        self._run("save", container, 1800)
+        self._run("save", container, timeout=1800)
 
-    def restore(self, container: str) -> None:
-        self._run("restore", container, 1800)
+    def reset(self, container: str, image: Optional[str] = None, wait: float = 120) -> dict[str, Any]:
+        """Stop, empty the upper layer, optionally put ``image``'s rootfs under it, start; its JSON."""
+        args = ["--image", image] if image else []
+        done = self._run("reset", container, *args, "--timeout", str(max(1, int(wait))), timeout=wait + 600)
+        try:
+            info = json.loads(done.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            info = None
+        if not isinstance(info, dict) or not isinstance(info.get("ip"), str):
+            raise CommandError(done, "the sandbox helper printed no JSON with an ip")
+        return info

@@ -37,6 +37,7 @@ TAKE_TIMEOUT = 1.0  # seconds BLMOVE blocks before the loop looks at stop/pause 
 DEAD_AFTER_BEATS = 5  # a worker whose heartbeat is older than this many intervals is dead
 REAP_EVERY_BEATS = 3
 DRAIN_ON_EXIT = 5.0  # seconds to wait for the outbox to empty at exit (what is left stays in Redis)
+SWITCH_CHECK = 2.0  # seconds between an idle worker's looks at the image store's `current` (one readlink)
 
 
 def connect(url: str) -> redis.Redis:
@@ -72,6 +73,8 @@ class Worker:
             project_dir=cfg["vms.project_dir"],
             vm_name=self.vm,
             build_root=cfg["build_root"],
+            image_store=cfg["vms.image_store"],
+            box=cfg["vms.box"],
         )
         self.sender = Sender(self.r, self.keys, self.id, make_transport(cfg, self.keys))
         self.interval = float(cfg["heartbeat_interval"])
@@ -94,6 +97,9 @@ class Worker:
         self._sigint_count = 0
         self._state_lock = threading.Lock()
         self.thread_failure: str | None = None  # set when a background thread died: the worker stops, exit 1
+        # the sandbox is reset after each build and at start-up: True while it is clean and nothing ran in it
+        self.clean = False
+        self._switch_checked = 0.0
 
     # -- state in Redis ------------------------------------------------------------------------------
     def set_state(self, state: str) -> None:
@@ -106,8 +112,19 @@ class Worker:
             except redis.RedisError as exc:
                 log.debug("state not written (%s); the next heartbeat writes it", exc)
 
+    def image(self) -> dict[str, str] | None:
+        """The published image the VM runs ({version, digest}); None without one (or without a VM)."""
+        image = getattr(self.executor, "image", None)
+        return image.summary() if image is not None else None
+
     def _write_state(self, pipe: Any = None) -> None:
-        doc = {"state": self.state, "job_id": self.current_job, "vm": self.vm, "since": self.state_since}
+        doc = {
+            "state": self.state,
+            "job_id": self.current_job,
+            "vm": self.vm,
+            "since": self.state_since,
+            "image": self.image(),
+        }
         own = pipe or self.r.pipeline(transaction=True)
         extra = {"heartbeat_interval": self.interval, "beat": self.last_beat}
         own.hset(self.keys.worker_state, self.id, json.dumps({**doc, **extra}))
@@ -263,6 +280,7 @@ class Worker:
         for thread in threads:
             thread.start()
         try:
+            self.reset_sandbox("start-up: the VM's state is unknown")
             self._loop()
         finally:
             self._shutdown(threads)
@@ -314,6 +332,9 @@ class Worker:
                     self.set_state("paused")
                 time.sleep(0.2)
                 continue
+            if not self.clean:  # a reset that failed and whose recovery was cut short
+                self.reset_sandbox("the last reset did not complete")
+                continue
             if self.state != "idle":
                 self.set_state("idle")
             try:
@@ -328,6 +349,7 @@ class Worker:
                 backoff = min(backoff * 2, BACKOFF_MAX)
                 continue
             if taken is None:
+                self._switch_if_due()
                 continue
             if self.stop_mode is not None or self.paused.is_set():
                 push_with_retry(
@@ -338,6 +360,35 @@ class Worker:
                 )
                 continue
             self.handle(taken)
+
+    def reset_sandbox(self, why: str) -> bool:
+        """Reset the VM now (after a build, at start-up, onto a new image); a failure makes the worker
+        errored and retries until a reset works (no job is taken meanwhile)."""
+        log.debug("resetting the sandbox: %s", why)
+        try:
+            with self.metrics.sandbox_reset():
+                self.executor.prepare()
+        except SandboxError as exc:
+            log.error(
+                "sandbox reset failed (%s): %s; worker is errored, no job taken until a reset works", why, exc
+            )
+            self.clean = False
+            self.set_state("errored")
+            self._recover_sandbox()
+            return self.clean
+        self.clean = True
+        self.set_state(self.state)  # writes the state document with the image the VM runs now
+        return True
+
+    def _switch_if_due(self) -> None:
+        """Idle: when a new image was published for the VM's box, switch to it now (not at the next job)."""
+        due = getattr(self.executor, "switch_due", None)
+        if due is None or time.monotonic() - self._switch_checked < SWITCH_CHECK:
+            return
+        self._switch_checked = time.monotonic()
+        if due():
+            log.info("a new image is published for this VM: switching the idle VM now")
+            self.reset_sandbox("image switch while idle")
 
     def _take(self) -> Envelope | None:
         """The next job, decoded once (a job that cannot be decoded carries its reason in ``error``)."""
@@ -380,6 +431,7 @@ class Worker:
         push_with_retry(lambda: self.queue.finish(envelope, notify=notify), "finishing a no-op job")
 
     def _run_job(self, envelope: Envelope, job: Job) -> None:
+        taken_at = time.monotonic()
         self.current_job = job.id
         self.cancel.clear()
         self.abort_reason = None
@@ -399,12 +451,14 @@ class Worker:
             received = state_entry(job.id, "received", self.id, attempt)
             push_with_retry(lambda: self.r.rpush(outbox, received), "queueing the received report")
             self.sender.notify()
-            try:
-                with self.metrics.sandbox_reset():
-                    self.executor.prepare()
-            except SandboxError as exc:
-                self._sandbox_failed(envelope, job, exc)
-                return
+            if not self.clean:  # never expected (the loop resets first); the invariant must hold anyway
+                try:
+                    with self.metrics.sandbox_reset():
+                        self.executor.prepare()
+                except SandboxError as exc:
+                    self._sandbox_failed(envelope, job, exc)
+                    return
+            self.clean = False  # from here on the build may touch the VM: reset after it
             started = state_entry(job.id, "started", self.id, attempt)
             push_with_retry(lambda: self.r.rpush(outbox, started), "queueing the started report")
             self.sender.notify()
@@ -417,7 +471,7 @@ class Worker:
                 attempt=attempt,
                 secrets=secure_values(job, self.cfg["git.base_url"]),
             )
-            result = self._execute(job, stream)
+            result = self._execute(job, stream, taken_at)
             final_part = stream.close()
             if self.abort_reason is not None:
                 log.warning("job %s stopped and requeued: %s", job.id, self.abort_reason)
@@ -443,8 +497,10 @@ class Worker:
                 self._shutdown_timer = None
             self.current_job = None
             self.sender.notify()
+        if not self.clean and self.stop_mode is None:  # stopping: the next start-up resets it
+            self.reset_sandbox(f"after job {job.id}")
 
-    def _execute(self, job: Job, stream: LogStream) -> Any:
+    def _execute(self, job: Job, stream: LogStream, taken_at: float) -> Any:
         from travis_worker.executor import BuildResult
 
         limits = Limits(
@@ -456,7 +512,20 @@ class Worker:
             script = build_script(
                 job, git_base_url=self.cfg["git.base_url"], clone_depth=self.cfg["git.clone_depth"]
             )
-            return self.executor.run(script, stream.write, self.cancel, limits)
+            first = True
+
+            def write(data: bytes) -> None:
+                nonlocal first
+                if first:  # the build's first output: pickup -> start, for the benchmark (docs/runner.md)
+                    first = False
+                    log.info(
+                        "job %s: first build output %.2f s after it was taken",
+                        job.id,
+                        time.monotonic() - taken_at,
+                    )
+                stream.write(data)
+
+            return self.executor.run(script, write, self.cancel, limits)
         except Exception as exc:  # the worker must survive whatever a build does
             log.exception("job %s: the executor failed", job.id)
             stream.write(f"\r\nThe worker could not run this job: {exc}\r\n".encode())
@@ -502,12 +571,14 @@ class Worker:
             if self.stop_mode is not None:
                 return
             try:
-                self.executor.prepare()
+                with self.metrics.sandbox_reset():
+                    self.executor.prepare()
             except SandboxError as exc:
                 log.error("sandbox still broken: %s; next try in %.0fs", exc, min(delay * 2, 300))
                 delay = min(delay * 2, 300)
                 continue
             log.info("sandbox reset works again; taking jobs")
+            self.clean = True
             self.set_state("idle")
             return
 

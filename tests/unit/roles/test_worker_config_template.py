@@ -32,7 +32,7 @@ PLAYBOOK = """
 
 def render(tmp_path: Path, **extra: object) -> Path:
     out = tmp_path / "out"
-    out.mkdir()
+    out.mkdir(parents=True)
     (tmp_path / "play.yml").write_text(PLAYBOOK.format(root=ROOT))
     env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "HOME": str(tmp_path)}
     variables = {"out": str(out), "ansible_python_interpreter": sys.executable}
@@ -63,3 +63,15 @@ def test_metrics_turned_on_by_the_role(tmp_path: Path) -> None:
     assert cfg["metrics.address"] == "127.0.0.1"
     assert cfg["metrics.textfile"] == "/var/lib/node_exporter/travis-worker-{vm}.prom"
     assert cfg["vms.count"] == 2
+
+
+def test_image_store_and_box_follow_the_worker_vms_role(tmp_path: Path) -> None:
+    """Issue #13: the runner follows the published images of the worker_vms role's box in its image store."""
+    cfg = load_config(str(render(tmp_path / "default")), {"VM": "worker-1"})
+    assert cfg["vms.image_store"] == "/var/lib/travis-worker/images"
+    assert cfg["vms.box"] is None  # no box known: the VMs keep their own snapshot
+    path = render(
+        tmp_path / "set", worker_vms_box_name="twlab/debian12", worker_vms_image_store="/srv/images"
+    )
+    cfg = load_config(str(path), {"VM": "worker-1"})
+    assert (cfg["vms.box"], cfg["vms.image_store"]) == ("twlab/debian12", "/srv/images")

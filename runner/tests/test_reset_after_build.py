@@ -1,0 +1,203 @@
+"""Issue #13: the worker resets its sandbox AFTER each build and at start-up (not between pickup and build),
+switches an idle VM when a new image is published, and reports the image it runs.
+
+In-process Worker on a real redis-server, with the real local executor wrapped to record the order of
+prepare() and run() (and to inject a failing reset); the Vagrant side is in test_executor_vagrant.py.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import redis
+from harness import finished, job_json, wait_for
+from travis_worker import cli
+from travis_worker import worker as worker_module
+from travis_worker.config import load_config
+from travis_worker.executor import SandboxError
+from travis_worker.executor_local import LocalExecutor
+from travis_worker.images import Image
+from travis_worker.keys import Keys
+from travis_worker.worker import Worker
+
+DIGEST = "a1fce4363854ff888cff4b8e7875d600c2682390412a8cf79b37d0b11148b0fa"
+IMAGE = Image("travis/worker-base", "20261202.041500", DIGEST, "lxc", Path("/nonexistent"))
+
+
+class Recording:
+    """The local executor, with every prepare()/run() recorded; prepare number N in ``fail`` raises."""
+
+    def __init__(self, root: Path, fail: tuple[int, ...] = ()) -> None:
+        root.mkdir(exist_ok=True)
+        self.inner = LocalExecutor(work_root=str(root))
+        self.events: list[tuple[str, float]] = []
+        self.fail = fail
+        self.prepares = 0
+        self.image: Image | None = None
+        self.due = False
+        self.lock = threading.Lock()
+
+    def prepare(self) -> None:
+        self.prepares += 1
+        self.events.append(("prepare", time.monotonic()))
+        if self.prepares in self.fail:
+            raise SandboxError(f"injected reset failure #{self.prepares}")
+        self.inner.prepare()
+        if self.due:  # the switch the idle worker asked for
+            self.due, self.image = False, IMAGE
+
+    def run(self, *args: Any) -> Any:
+        self.events.append(("run", time.monotonic()))
+        return self.inner.run(*args)
+
+    def switch_due(self) -> bool:
+        return self.due
+
+    def kinds(self) -> list[str]:
+        return [kind for kind, _ in self.events]
+
+
+@pytest.fixture()
+def run_worker(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., tuple[Worker, threading.Thread]]]:
+    """start(executor) -> (worker, thread running worker.run()); stopped (immediate) after the test."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(signal, "signal", lambda *a: None)  # run() off the main thread: no handlers
+    started: list[tuple[Worker, threading.Thread]] = []
+
+    def start(executor: Recording) -> tuple[Worker, threading.Thread]:
+        cfg_path = tmp_path / "worker.yml"
+        cfg_path.write_text(f"redis:\n  url: {redis_url}\nheartbeat_interval: 0.2\nvm: worker-1\n")
+        worker = Worker(load_config(str(cfg_path), environ={}), executor=executor)  # type: ignore[arg-type]
+        thread = threading.Thread(target=worker.run, daemon=True)
+        thread.start()
+        started.append((worker, thread))
+        return worker, thread
+
+    yield start
+    for worker, thread in started:
+        worker.request_stop("immediate")
+        thread.join(20)
+
+
+def push(client: redis.Redis, raw: str) -> None:
+    client.rpush("resque:queue:builds", raw)
+
+
+def state_doc(client: redis.Redis, worker: Worker) -> dict:
+    return json.loads(client.hget(Keys("resque").worker_state, worker.id) or "{}")
+
+
+def results(client: redis.Redis) -> dict[int, str]:
+    return {job: entries[-1]["result"] for job, entries in finished(client).items()}
+
+
+def test_reset_runs_at_start_up_and_after_each_build_never_between_pickup_and_build(
+    client: redis.Redis, run_worker: Callable, tmp_path: Path, repo: tuple[str, str]
+) -> None:
+    executor = Recording(tmp_path / "builds")
+    worker, _ = run_worker(executor)
+    wait_for(lambda: executor.kinds() == ["prepare"], 10, "the start-up reset")
+    push(client, job_json(1, repo, "true"))
+    push(client, job_json(2, repo, "false"))
+    wait_for(lambda: {1, 2} <= finished(client).keys(), 30, "two builds")
+    wait_for(lambda: executor.kinds().count("prepare") == 3, 10, "the reset after the second build")
+    assert executor.kinds() == ["prepare", "run", "prepare", "run", "prepare"]
+    assert results(client) == {1: "passed", 2: "failed"}
+    wait_for(lambda: worker.state == "idle", 5, "idle")
+
+
+def test_pickup_to_build_start_has_no_reset_on_it(
+    client: redis.Redis,
+    run_worker: Callable,
+    tmp_path: Path,
+    repo: tuple[str, str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    executor = Recording(tmp_path / "builds")
+    slow = executor.inner.prepare
+
+    def slow_prepare() -> None:  # a 2 s reset: on the pickup path it would show in pickup -> start
+        slow()
+        time.sleep(2)
+
+    executor.inner.prepare = slow_prepare  # type: ignore[method-assign]
+    caplog.set_level("INFO", logger="travis_worker.worker")
+    run_worker(executor)
+    wait_for(lambda: executor.prepares == 1 and len(executor.events) == 1, 10, "start-up reset")
+    time.sleep(2.2)  # the start-up reset is done: the worker is idle with a clean sandbox
+    push(client, job_json(1, repo, "true"))
+    wait_for(lambda: 1 in finished(client), 30, "the build")
+    line = next(r.getMessage() for r in caplog.records if "first build output" in r.getMessage())
+    seconds = float(line.split("first build output ")[1].split(" s")[0])
+    print("pickup -> first build output:", seconds, "s")
+    assert seconds < 2.0, line
+
+
+def test_a_failed_reset_after_a_build_makes_the_worker_errored_and_takes_no_job_until_one_works(
+    client: redis.Redis, run_worker: Callable, tmp_path: Path, repo: tuple[str, str]
+) -> None:
+    executor = Recording(tmp_path / "builds", fail=(2,))
+    worker, _ = run_worker(executor)
+    push(client, job_json(1, repo, "true"))
+    wait_for(lambda: worker.state == "errored", 20, "errored after the failed reset")
+    assert state_doc(client, worker)["state"] == "errored"
+    push(client, job_json(2, repo, "true"))
+    time.sleep(1)
+    assert client.llen("resque:queue:builds") == 1  # not taken while errored
+    wait_for(lambda: 2 in finished(client), 30, "job 2 after the reset works again (recovery after 5 s)")
+    assert executor.kinds()[:5] == ["prepare", "run", "prepare", "prepare", "run"]
+    assert results(client) == {1: "passed", 2: "passed"}
+
+
+def test_start_up_reset_failure_takes_no_job(
+    client: redis.Redis, run_worker: Callable, tmp_path: Path, repo: tuple[str, str]
+) -> None:
+    executor = Recording(tmp_path / "builds", fail=(1, 2, 3))
+    worker, _ = run_worker(executor)
+    push(client, job_json(1, repo, "true"))
+    wait_for(lambda: worker.state == "errored", 10, "errored at start-up")
+    time.sleep(1)
+    assert client.llen("resque:queue:builds") == 1 and "run" not in executor.kinds()
+    head = json.loads(client.lindex("resque:queue:builds", 0))
+    assert head.get("attempts", 0) == 0  # the job was never taken: no attempt counted
+
+
+def test_idle_worker_switches_when_a_new_image_is_published_and_reports_it(
+    client: redis.Redis,
+    run_worker: Callable,
+    tmp_path: Path,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(worker_module, "SWITCH_CHECK", 0.2)
+    executor = Recording(tmp_path / "builds")
+    worker, _ = run_worker(executor)
+    wait_for(lambda: worker.state == "idle" and executor.prepares == 1, 10, "idle")
+    wait_for(lambda: state_doc(client, worker).get("state") == "idle", 5, "idle in redis")
+    assert state_doc(client, worker)["image"] is None
+    executor.due = True  # `current` moved: no job arrives, the idle worker switches by itself
+    wait_for(lambda: executor.prepares == 2, 5, "the idle switch")
+    expected = {"version": "20261202.041500", "digest": DIGEST}
+    wait_for(lambda: state_doc(client, worker).get("image") == expected, 5, "image in worker_state")
+    vm_doc = json.loads(client.hget(Keys("resque").vm_state, "worker-1"))
+    assert vm_doc["image"] == expected and vm_doc["worker"] == worker.id
+    cfg = tmp_path / "cli.yml"
+    cfg.write_text(f"redis:\n  url: {redis_url}\n")
+    assert cli.main(["status", "--json", "--config", str(cfg)]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["id"], r["image"]) for r in rows] == [(worker.id, expected)]
+    assert cli.main(["status", "--config", str(cfg)]) == 0
+    assert f"20261202.041500 ({DIGEST[:12]})" in capsys.readouterr().out
+    time.sleep(0.6)
+    assert executor.prepares == 2  # not due any more: no further resets while idle

@@ -1,0 +1,318 @@
+"""worker_image: publish (LXC: real rsync on a small rootfs; VirtualBox: recorded `VBoxManage snapshot
+take`), activate / rollback, prune (never current or in use), status, catalog export + fetch (real tar,
+sha256 checked), check mode and diff, on real files in tmp_path."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ansible_collections.travis.worker.plugins.module_utils import image_store
+from ansible_collections.travis.worker.plugins.modules import worker_image
+from module_harness import call, recorded
+
+BOX = "twlab/debian12"
+SLUG = "twlab-VAGRANTSLASH-debian12"
+DIGEST = "0123456789abcdef"
+
+
+def real(argv: list[str]) -> Any:
+    """An expected call that really runs (rsync/tar on the test's files)."""
+
+    def run(_kwargs: dict) -> None:
+        subprocess.run(argv, check=True, capture_output=True)
+
+    return call(argv, check=run)
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> dict[str, Any]:
+    """A stopped LXC base container `base1` (dir rootfs with a machine-id) and an empty store."""
+    lxc = tmp_path / "lxc"
+    rootfs = lxc / "base1" / "rootfs"
+    (rootfs / "etc").mkdir(parents=True)
+    (rootfs / "etc" / "machine-id").write_text("b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0\n")
+    (rootfs / "etc" / "travis-worker-recipes.json").write_text(json.dumps({"recipe_digest": DIGEST}))
+    (rootfs / "bin").mkdir()
+    os.symlink("usr/bin", rootfs / "lib64")
+    (lxc / "base1" / "config").write_text(f"lxc.uts.name = base1\nlxc.rootfs.path = dir:{rootfs}\n")
+    key = tmp_path / "private_key"
+    key.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nxx\n-----END OPENSSH PRIVATE KEY-----\n")
+    store = tmp_path / "store"
+    return {"lxc": lxc, "rootfs": rootfs, "key": key, "store": store, "bdir": store / SLUG}
+
+
+def publish_args(lab: dict[str, Any], version: str, digest: str = DIGEST, **extra: Any) -> dict[str, Any]:
+    return dict(
+        box=BOX, store=str(lab["store"]), state="published", provider="lxc", digest=digest, version=version,
+        lxc_container="base1", lxc_path=str(lab["lxc"]), private_key=str(lab["key"]), hostname="box1",
+        **extra,
+    )  # fmt: skip
+
+
+def rsync(lab: dict[str, Any], version: str) -> Any:
+    return real(
+        ["/usr/bin/rsync", "-aHAX", "--numeric-ids", f"{lab['rootfs']}/", f"{lab['bdir']}/{version}/rootfs/"]
+    )
+
+
+def publish(run_module, lab: dict[str, Any], version: str, digest: str = DIGEST) -> dict[str, Any]:
+    result = run_module(
+        worker_image.main, publish_args(lab, version, digest), [rsync(lab, version)], diff=True
+    )
+    assert not result.get("failed"), result
+    return result
+
+
+def test_publish_lxc_copies_rootfs_once_then_image_json_then_current(run_module, lab) -> None:
+    result = publish(run_module, lab, "20261202.040000")
+    vdir = lab["bdir"] / "20261202.040000"
+    assert result["changed"] and result["built"]
+    assert (vdir / "rootfs/etc/travis-worker-recipes.json").read_text() == json.dumps(
+        {"recipe_digest": DIGEST}
+    )
+    assert os.readlink(vdir / "rootfs/lib64") == "usr/bin"
+    assert (vdir / "rootfs/etc/machine-id").read_text() == ""  # each VM gets its own id at boot
+    assert (lab["rootfs"] / "etc/machine-id").read_text().startswith("b0b0")  # the base VM is untouched
+    assert oct((vdir / "private_key").stat().st_mode & 0o777) == "0o600"
+    image = json.loads((vdir / "image.json").read_text())
+    assert {k: image[k] for k in ("box", "version", "digest", "provider", "built_on")} == {
+        "box": BOX, "version": "20261202.040000", "digest": DIGEST, "provider": "lxc", "built_on": "box1",
+    }  # fmt: skip
+    assert os.readlink(lab["bdir"] / "current") == "20261202.040000"  # relative
+    assert (lab["bdir"] / "users").is_dir()
+    assert result["diff"] == {
+        "before": {"current": None, "versions": []},
+        "after": {"current": "20261202.040000", "versions": ["20261202.040000"]},
+    }
+
+
+def test_publish_same_digest_again_builds_nothing_but_reactivates(run_module, lab) -> None:
+    publish(run_module, lab, "20261202.040000")
+    publish(run_module, lab, "20261202.050000", digest="fedcba9876543210")
+    assert os.readlink(lab["bdir"] / "current") == "20261202.050000"
+    result = run_module(worker_image.main, publish_args(lab, "20261202.060000"), [])  # no rsync expected
+    assert result["built"] is False and result["version"] == "20261202.040000" and result["changed"]
+    assert os.readlink(lab["bdir"] / "current") == "20261202.040000"
+    again = run_module(worker_image.main, publish_args(lab, "20261202.060000"), [])
+    assert again["changed"] is False
+
+
+def test_failed_copy_leaves_no_version_and_current_unmoved(run_module, lab) -> None:
+    publish(run_module, lab, "20261202.040000")
+    args = publish_args(lab, "20261202.050000", digest="fedcba9876543210")
+    argv = [
+        "/usr/bin/rsync",
+        "-aHAX",
+        "--numeric-ids",
+        f"{lab['rootfs']}/",
+        f"{lab['bdir']}/20261202.050000/rootfs/",
+    ]
+    result = run_module(
+        worker_image.main,
+        args,
+        [call(argv, rc=11, stderr="rsync: write failed: No space left on device (28)\n")],
+    )
+    assert result["failed"] and "No space left on device" in result["msg"] and "free space" in result["msg"]
+    assert not (lab["bdir"] / "20261202.050000").exists()
+    assert os.readlink(lab["bdir"] / "current") == "20261202.040000"
+
+
+def test_publish_check_mode_changes_nothing(run_module, lab) -> None:
+    result = run_module(
+        worker_image.main, publish_args(lab, "20261202.040000"), [], check_mode=True, diff=True
+    )
+    assert result["changed"] and result["built"]
+    assert not lab["store"].exists()
+    assert result["diff"]["after"] == {"current": "20261202.040000", "versions": ["20261202.040000"]}
+
+
+def test_publish_virtualbox_takes_snapshot_and_writes_vm_json(run_module, lab) -> None:
+    rec = recorded("vboxmanage/snapshot_take")
+    uuid = "6f1c2f4e-1111-4a5b-9c3d-0e2f4a6b8c0d"
+    args = dict(box=BOX, store=str(lab["store"]), state="published", provider="virtualbox", digest=DIGEST,
+                version="20261202.040000", vm=uuid, snapshot="travis-clean",
+                private_key=str(lab["key"]))  # fmt: skip
+    argv = ["/usr/bin/VBoxManage", "snapshot", uuid, "take", "travis-clean"]
+    result = run_module(
+        worker_image.main, args, [call(argv, rc=rec["rc"], stdout=rec["stdout"], stderr=rec["stderr"])]
+    )
+    assert result["built"], result
+    vdir = lab["bdir"] / "20261202.040000"
+    assert json.loads((vdir / "vm.json").read_text()) == {"uuid": uuid, "snapshot": "travis-clean"}
+    assert json.loads((vdir / "image.json").read_text())["provider"] == "virtualbox"
+    assert os.readlink(lab["bdir"] / "current") == "20261202.040000"
+
+
+def test_rollback_to_previous_and_to_a_named_version(run_module, lab) -> None:
+    for n, version in enumerate(("20261202.010000", "20261202.020000", "20261202.030000")):
+        publish(run_module, lab, version, digest=f"{n:016x}")
+    base = dict(box=BOX, store=str(lab["store"]), state="current")
+    result = run_module(worker_image.main, dict(base, version="previous"), [], diff=True)
+    assert result["version"] == "20261202.020000" and result["changed"]
+    assert result["diff"]["before"]["current"] == "20261202.030000"
+    assert os.readlink(lab["bdir"] / "current") == "20261202.020000"
+    run_module(worker_image.main, dict(base, version="20261202.030000"), [])
+    assert os.readlink(lab["bdir"] / "current") == "20261202.030000"
+    bad = run_module(worker_image.main, dict(base, version="20991231.000000"), [])
+    assert bad["failed"] and "20261202.010000" in bad["msg"]
+
+
+def test_rollback_without_an_older_version_fails_clearly(run_module, lab) -> None:
+    publish(run_module, lab, "20261202.010000")
+    result = run_module(
+        worker_image.main, dict(box=BOX, store=str(lab["store"]), state="current", version="previous"), []
+    )
+    assert result["failed"] and "nothing to roll back to" in result["msg"]
+
+
+def test_prune_keeps_newest_current_and_in_use(run_module, lab) -> None:
+    versions = [f"20261202.0{i}0000" for i in range(1, 6)]
+    for n, version in enumerate(versions):
+        publish(run_module, lab, version, digest=f"{n:016x}")
+    image_store.set_current(str(lab["bdir"]), versions[3])  # rolled back one
+    (lab["bdir"] / "users" / "worker-1").write_text(versions[0] + "\n")  # a VM still on the oldest
+    (lab["bdir"] / "20261202.090000").mkdir()  # a failed build: no image.json
+    args = dict(box=BOX, store=str(lab["store"]), state="pruned", keep=1)
+    check = run_module(worker_image.main, args, [], check_mode=True, diff=True)
+    assert sorted(check["removed"]) == [versions[1], versions[2], "20261202.090000"]
+    assert (lab["bdir"] / versions[1]).exists()
+    result = run_module(worker_image.main, args, [])
+    assert sorted(result["removed"]) == [versions[1], versions[2], "20261202.090000"]
+    assert [v["version"] for v in result["versions"]] == [versions[0], versions[3], versions[4]]
+    assert result["kept"][versions[0]] == ["in use by worker-1"]
+    assert result["kept"][versions[3]] == ["current"]
+    assert result["users"] == {"worker-1": versions[0]}
+    assert run_module(worker_image.main, args, [])["changed"] is False
+
+
+def test_status_reports_without_changing(run_module, lab) -> None:
+    publish(run_module, lab, "20261202.010000")
+    (lab["bdir"] / "users" / "worker-2").write_text("20261202.010000\n")
+    result = run_module(worker_image.main, dict(box=BOX, store=str(lab["store"])), [])
+    assert result["changed"] is False
+    assert result["current"] == "20261202.010000" and result["users"] == {"worker-2": "20261202.010000"}
+    assert result["versions"][0]["digest"] == DIGEST
+
+
+def test_export_then_fetch_on_another_store(run_module, lab, tmp_path: Path) -> None:
+    ping = lab["rootfs"] / "bin" / "ping"  # Debian's ping needs its file capability (security.capability)
+    ping.write_bytes(b"\x7fELF")
+    caps = shutil.which("setcap") if os.geteuid() == 0 else None
+    if caps:
+        subprocess.run([caps, "cap_net_raw+ep", str(ping)], check=True)
+    publish(run_module, lab, "20261202.010000")
+    catalog = tmp_path / "catalog"
+    vdir = lab["bdir"] / "20261202.010000"
+    name = f"{SLUG}-20261202.010000-lxc.box"
+
+    def tar_create(kwargs: dict) -> None:
+        subprocess.run(kwargs["argv"], check=True, capture_output=True)
+
+    from unittest.mock import ANY
+
+    create = call(
+        [
+            "/usr/bin/tar",
+            "--numeric-owner",
+            "--xattrs",
+            "--xattrs-include=*",
+            "-czf",
+            ANY,
+            "-C",
+            ANY,
+            "metadata.json",
+            "-C",
+            str(vdir),
+            "rootfs",
+            "private_key",
+        ],
+        check=tar_create,
+    )
+    args = dict(box=BOX, store=str(lab["store"]), state="exported", catalog=str(catalog))
+    result = run_module(worker_image.main, args, [create])
+    assert result["changed"] and result["box_file"] == str(catalog / name)
+    meta = json.loads((catalog / "metadata.json").read_text())
+    assert meta["name"] == BOX
+    [entry] = meta["versions"]
+    assert entry["version"] == "20261202.010000" and entry["travis_worker"]["digest"] == DIGEST
+    assert entry["providers"] == [
+        {
+            "name": "lxc",
+            "url": f"file://{catalog}/{name}",
+            "checksum_type": "sha256",
+            "checksum": result["sha256"],
+        }
+    ]
+    assert run_module(worker_image.main, args, [])["changed"] is False  # exported once
+
+    other = tmp_path / "store2"
+    bdir2 = other / SLUG
+    fetch = dict(box=BOX, store=str(other), state="fetched", catalog=str(catalog), digest=DIGEST)
+    extract = call(["/usr/bin/tar", "--numeric-owner", "--xattrs", "--xattrs-include=*",
+                    "-xzf", str(catalog / name),
+                    "-C", str(bdir2 / "20261202.010000"),
+                    "--exclude=./image.json", "--exclude=image.json",
+                    "--exclude=metadata.json", "--exclude=./metadata.json"], check=tar_create)  # fmt: skip
+    got = run_module(worker_image.main, fetch, [extract], diff=True)
+    assert got["built"] and got["changed"], got
+    v2 = bdir2 / "20261202.010000"
+    assert (v2 / "rootfs/etc/travis-worker-recipes.json").read_text() == json.dumps({"recipe_digest": DIGEST})
+    assert not (v2 / "metadata.json").exists()
+    assert json.loads((v2 / "image.json").read_text())["digest"] == DIGEST
+    assert oct((v2 / "private_key").stat().st_mode & 0o777) == "0o600"
+    assert os.readlink(bdir2 / "current") == "20261202.010000"
+    if caps:  # the capability survived rsync (publish), tar c (export) and tar x (fetch)
+        assert os.getxattr(v2 / "rootfs/bin/ping", "security.capability") == os.getxattr(
+            ping, "security.capability"
+        )
+    assert run_module(worker_image.main, fetch, [])["changed"] is False  # fetched once
+
+
+def test_fetch_refuses_a_box_with_a_wrong_checksum(run_module, lab, tmp_path: Path) -> None:
+    catalog = tmp_path / "catalog"
+    catalog.mkdir()
+    (catalog / "x.box").write_bytes(b"not the box the catalog describes")
+    provider = {"name": "lxc", "url": "x.box", "checksum_type": "sha256", "checksum": "0" * 64}
+    meta = {
+        "name": BOX,
+        "versions": [
+            {"version": "20261202.010000", "travis_worker": {"digest": DIGEST}, "providers": [provider]}
+        ],
+    }
+    (catalog / "metadata.json").write_text(json.dumps(meta))
+    result = run_module(
+        worker_image.main,
+        dict(box=BOX, store=str(lab["store"]), state="fetched", catalog=f"file://{catalog}/metadata.json"),
+        [],
+    )
+    assert result["failed"] and "does not match" in result["msg"]
+    assert not (lab["bdir"] / "20261202.010000").exists()
+    assert image_store.current(str(lab["bdir"])) is None
+
+
+def test_export_refuses_virtualbox_images(run_module, lab, tmp_path: Path) -> None:
+    vdir = lab["bdir"] / "20261202.010000"
+    vdir.mkdir(parents=True)
+    (vdir / "image.json").write_text(json.dumps({"box": BOX, "digest": DIGEST, "provider": "virtualbox"}))
+    image_store.set_current(str(lab["bdir"]), "20261202.010000")
+    result = run_module(
+        worker_image.main,
+        dict(box=BOX, store=str(lab["store"]), state="exported", catalog=str(tmp_path / "c")),
+        [],
+    )
+    assert result["failed"] and "LXC images only" in result["msg"]
+
+
+def test_set_current_replaces_the_link_atomically(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    image_store.set_current(str(tmp_path), "a")
+    image_store.set_current(str(tmp_path), "b")
+    assert os.readlink(tmp_path / "current") == "b"
+    assert sorted(os.listdir(tmp_path)) == ["a", "b", "current"]
