@@ -184,17 +184,19 @@ class Bench:
         for t in threads:
             t.start()
         revision = {"worker_vms_recipes": recipes, "reprovision_recipe_revision": f"{n}-{int(time.time())}"}
-        took, plays = self.play(
-            "playbooks/reprovision.yml",
-            "-e", f"strategy={strategy}",
-            "-e", f"worker_vms_count={n}",
-            "-e", json.dumps(revision),
-            *extra,
-        )  # fmt: skip
-        done_in_play = sum(i in self.finished() for i in ids)
-        stop.set()
-        for t in threads:
-            t.join()
+        try:
+            took, plays = self.play(
+                "playbooks/reprovision.yml",
+                "-e", f"strategy={strategy}",
+                "-e", f"worker_vms_count={n}",
+                "-e", json.dumps(revision),
+                *extra,
+            )  # fmt: skip
+            done_in_play = sum(i in self.finished() for i in ids)
+        finally:  # also when the playbook failed: the threads end before the lab's Redis goes away
+            stop.set()
+            for t in threads:
+                t.join()
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and not all(i in self.finished() for i in ids):
             time.sleep(3)
