@@ -66,7 +66,8 @@ options:
     choices: [lxc, virtualbox]
   digest:
     description:
-      - The recipe digest the image carries (O(state=published), required there). With O(state=fetched), pick
+      - The recipe digest the image carries (O(state=published), required there; 64 lower-case hex digits, the
+        shape the runner accepts). With O(state=fetched), pick
         the newest catalog version with this digest.
     type: str
   version:
@@ -188,7 +189,7 @@ image:
   description: The version's image.json.
   returned: when a version is involved and exists (not in check mode before it is built)
   type: dict
-  sample: {"box": "twlab/debian12", "version": "20261202.041500", "digest": "0123456789abcdef",
+  sample: {"box": "twlab/debian12", "version": "20261202.041500", "digest": "0123456789abcdef0123...",
            "provider": "lxc", "created": "2026-12-02T04:15:00Z", "built_on": "box1"}
 built:
   description: Whether a new version was (or would be) built, copied or fetched.
@@ -240,6 +241,7 @@ import hashlib
 import json
 import os
 import pwd
+import re
 import shutil
 import socket
 import tempfile
@@ -407,6 +409,9 @@ class Store:
         p = self.p
         if not p["digest"] or not p["provider"]:
             raise ImageError("state=published needs digest and provider")
+        if not re.fullmatch(r"[0-9a-f]{64}", p["digest"]):
+            # the runner refuses any other shape (it would keep every VM on its old image)
+            raise ImageError(f"digest {p['digest']!r} is not 64 lower-case hex digits (a sha256)")
         existing = store_lib.by_digest(store_lib.images(self.bdir), p["digest"], p["provider"])
         if existing and not p["force"]:
             self.result.update(version=existing["version"], image=existing)

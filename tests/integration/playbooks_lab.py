@@ -201,7 +201,7 @@ def check_reprovision(lab: Lab, strategy: str) -> None:
     rev = revision.split(" ", 1)[1]
     out = drift_report(lab, "-e", rev, strategy=strategy)
     assert re.search(r"worker-1: .*recipes", out) and re.search(r"worker-2: .*recipes", out), out
-    digest = re.search(r"recipe digest ([0-9a-f]{16})", out).group(1)
+    digest = re.search(r"recipe digest ([0-9a-f]{64})", out).group(1)
 
     jobs = enqueue(lab, 6, sleep=2)
     lab.play("playbooks/reprovision.yml", "-e", f"strategy={strategy}", "-e", rev)

@@ -31,7 +31,7 @@ def rev() -> str:
 
 
 def digest_of(out: str) -> str:
-    return re.search(r"recipe digest ([0-9a-f]{16})", out).group(1)
+    return re.search(r"recipe digest ([0-9a-f]{64})", out).group(1)
 
 
 def image_status(lab: Lab) -> dict:

@@ -18,7 +18,7 @@ from module_harness import call, recorded
 
 BOX = "twlab/debian12"
 SLUG = "twlab-VAGRANTSLASH-debian12"
-DIGEST = "0123456789abcdef"
+DIGEST = "0123456789abcdef" * 4
 
 
 def real(argv: list[str]) -> Any:
@@ -94,7 +94,7 @@ def test_publish_lxc_copies_rootfs_once_then_image_json_then_current(run_module,
 
 def test_publish_same_digest_again_builds_nothing_but_reactivates(run_module, lab) -> None:
     publish(run_module, lab, "20261202.040000")
-    publish(run_module, lab, "20261202.050000", digest="fedcba9876543210")
+    publish(run_module, lab, "20261202.050000", digest="fedcba9876543210" * 4)
     assert os.readlink(lab["bdir"] / "current") == "20261202.050000"
     result = run_module(worker_image.main, publish_args(lab, "20261202.060000"), [])  # no rsync expected
     assert result["built"] is False and result["version"] == "20261202.040000" and result["changed"]
@@ -105,7 +105,7 @@ def test_publish_same_digest_again_builds_nothing_but_reactivates(run_module, la
 
 def test_failed_copy_leaves_no_version_and_current_unmoved(run_module, lab) -> None:
     publish(run_module, lab, "20261202.040000")
-    args = publish_args(lab, "20261202.050000", digest="fedcba9876543210")
+    args = publish_args(lab, "20261202.050000", digest="fedcba9876543210" * 4)
     argv = [
         "/usr/bin/rsync",
         "-aHAX",
@@ -151,7 +151,7 @@ def test_publish_virtualbox_takes_snapshot_and_writes_vm_json(run_module, lab) -
 
 def test_rollback_to_previous_and_to_a_named_version(run_module, lab) -> None:
     for n, version in enumerate(("20261202.010000", "20261202.020000", "20261202.030000")):
-        publish(run_module, lab, version, digest=f"{n:016x}")
+        publish(run_module, lab, version, digest=f"{n:064x}")
     base = dict(box=BOX, store=str(lab["store"]), state="current")
     result = run_module(worker_image.main, dict(base, version="previous"), [], diff=True)
     assert result["version"] == "20261202.020000" and result["changed"]
@@ -174,7 +174,7 @@ def test_rollback_without_an_older_version_fails_clearly(run_module, lab) -> Non
 def test_prune_keeps_newest_current_and_in_use(run_module, lab) -> None:
     versions = [f"20261202.0{i}0000" for i in range(1, 6)]
     for n, version in enumerate(versions):
-        publish(run_module, lab, version, digest=f"{n:016x}")
+        publish(run_module, lab, version, digest=f"{n:064x}")
     image_store.set_current(str(lab["bdir"]), versions[3])  # rolled back one
     (lab["bdir"] / "users" / "worker-1").write_text(versions[0] + "\n")  # a VM still on the oldest
     (lab["bdir"] / "20261202.090000").mkdir()  # a failed build: no image.json
@@ -316,3 +316,11 @@ def test_set_current_replaces_the_link_atomically(tmp_path: Path) -> None:
     image_store.set_current(str(tmp_path), "b")
     assert os.readlink(tmp_path / "current") == "b"
     assert sorted(os.listdir(tmp_path)) == ["a", "b", "current"]
+
+
+def test_publish_refuses_a_digest_the_runner_would_refuse(run_module, lab) -> None:
+    result = run_module(
+        worker_image.main, publish_args(lab, "20261202.040000", digest="e96c7381f70b302b"), []
+    )
+    assert result["failed"] and "64 lower-case hex" in result["msg"]
+    assert not lab["store"].exists()
