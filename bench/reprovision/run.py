@@ -1,21 +1,40 @@
-"""Benchmark: wall time of `playbooks/reprovision.yml`, strategy in_place vs base_box, on the lab.
+"""Benchmark: `playbooks/reprovision.yml`, strategy in_place vs base_box, on the lab; one run, one JSON.
 
-    .venv/bin/python bench/reprovision/run.py [--sizes 1,3,5] [--packages "PKG ..."]
+    .venv/bin/python bench/reprovision/run.py [--sizes 1,5] [--fleet 2x3] [--pickup-builds 20]
+        [--packages "PKG ..."] [--out bench/results/reprovision.json]
 
-For each N: the lab box is scaled to N worker VMs and rebuilt from the original base box (not measured), then
-`reprovision.yml -e strategy=in_place` and `-e strategy=base_box` run with the same recipe list: the usual
-recipes plus `twbench_toolchain`, a real recipe that installs a language runtime and build tools from the
-distro (at least 60 s per VM). While each runs, a feeder keeps short jobs in the queue; the jobs finished
-during the run show the capacity kept. Prints a Markdown table (paste it into docs/playbooks.md).
-Not a timed test.
+Every configuration gets a fresh lab (box containers, Redis, git daemon; see travis_lab.scratch), converged by
+site.yml (not measured), and one probe job must pass before measuring:
 
-Everything it creates carries the `twt-bench-` prefix and is removed at the end (`--keep` keeps the box).
+- for each N in `--sizes`: one box with N worker VMs; `reprovision.yml -e strategy=in_place`, then
+  `-e strategy=base_box`, same recipe list (the usual recipes plus `twbench_toolchain`, a real recipe that
+  installs a language runtime and build tools from the distro, about 60 s). On the first size's lab, before
+  the reprovisions, `--pickup-builds` builds one after another on idle workers (pickup.py): job taken -> the
+  build's first command, and the sandbox reset time.
+- `--fleet BxV` (empty: skipped): `base_box` on one box with V VMs (the reference), then on B boxes with V VMs
+  each, where one box builds the image and publishes it in a catalog (`-e reprovision_catalog=DIR`, a
+  directory on this controller) and the others fetch it.
+
+While each reprovision runs, a feeder keeps two short jobs queued. Per run:
+- wall_s: the playbook's wall time;
+- per_vm_switch_s: per VM, seconds from the playbook's start until its worker reported the new image digest
+  in Redis (`<ns>:travis:vm_state`, "image"); the new digest is the one `current` points to on the box at
+  the end. converged_s: the last of them (base_box). in_place has no image: converged_s = wall_s (the
+  playbook ends when every VM is provisioned and serving) and per_vm_switch_s is null;
+- jobs_done: jobs finished while the playbook ran; after it, the feeder stops and the jobs it enqueued get up
+  to 10 minutes to finish: jobs_failed = finished but not `passed`, jobs_lost = enqueued and never finished;
+- plays: seconds spent in each play (where the time went).
+
+Writes the JSON (`--out`) and prints a Markdown table for docs/playbooks.md. Not a timed test. Everything it
+creates carries the `twt-bench-` prefix and is removed at the end of each lab (`--keep` keeps the boxes).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,13 +42,19 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import pickup
 import redis
-from travis_lab.boxbuild import ensure_box
+from travis_lab.boxbuild import BoxArtifact, ensure_box
 from travis_lab.scratch import ScratchLab, scratch_lab
 
 ROOT = Path(__file__).resolve().parents[2]
 NS = "resque"
+IMAGE_STORE = "/var/lib/travis-worker/images"
+RECIPE_PLAY = re.compile(
+    r"recipe|provision the base", re.I
+)  # the play that applies the recipes to the base VM
 RECIPE_TASKS = """---
 - name: Install a language runtime and build tools from the distro (the benchmark's heavy recipe)
   ansible.builtin.apt:
@@ -43,13 +68,13 @@ RECIPE_TASKS = """---
 
 class Bench:
     def __init__(self, lab: ScratchLab, work: Path):
-        self.box, self.work, self.env, self.inventory = lab.box, work, lab.env, lab.inventory
+        self.lab, self.work, self.env, self.inventory = lab, work, lab.env, lab.inventory
         self.redis = redis.Redis.from_url(lab.redis_url, decode_responses=True)
         self.git_url, self.commit = lab.git_url, lab.commit
 
-    def play(self, playbook: str, *args: str) -> float:
-        """Run one playbook; its log gets each line prefixed with the seconds since start, and the time
-        spent in each play is printed (where a strategy spends its time)."""
+    def play(self, playbook: str, *args: str) -> tuple[float, list[tuple[str, float]]]:
+        """Run one playbook; its log gets each line prefixed with the seconds since start. Returns the wall
+        time and the seconds spent in each play (where a strategy spends its time)."""
         argv = [str(ROOT / ".venv/bin/ansible-playbook"), "-i", str(ROOT / "inventories/lab"),
                 "-i", str(self.inventory), str(ROOT / playbook), *args]  # fmt: skip
         t0 = time.monotonic()
@@ -69,12 +94,13 @@ class Bench:
         took = time.monotonic() - t0
         print(f"  {playbook} {' '.join(args)}: rc={rc} {took:.0f} s (log {log})", flush=True)
         ends = [t for _, t in plays[1:]] + [took]
-        for (name, start), end in zip(plays, ends):
-            if end - start >= 5:
-                print(f"      {end - start:6.0f} s  {name}", flush=True)
+        spent = [(name, round(end - start, 1)) for (name, start), end in zip(plays, ends)]
+        for name, secs in spent:
+            if secs >= 5:
+                print(f"      {secs:6.0f} s  {name}", flush=True)
         if rc != 0:
             raise SystemExit(f"bench: {playbook} failed, see {log}")
-        return took
+        return took, spent
 
     def enqueue(self, tag: str) -> int:
         job_id = int(time.time() * 1000) % 1_000_000_000
@@ -93,9 +119,9 @@ class Bench:
         t0 = time.monotonic()
         job_id = self.enqueue("probe")
         while time.monotonic() - t0 < timeout:
-            if job_id in self.finished_ids():
+            if job_id in self.finished():
                 took = time.monotonic() - t0
-                print(f"  probe job {job_id}: finished in {took:.0f} s (sandbox reset + build)", flush=True)
+                print(f"  probe job {job_id}: finished in {took:.0f} s", flush=True)
                 return took
             time.sleep(2)
         raise SystemExit(f"bench: probe job {job_id} not finished after {timeout:.0f} s; {self.diagnose()}")
@@ -107,67 +133,164 @@ class Bench:
             f"workers {sorted(workers)}; on the box: journalctl -u 'travis-worker@*'"
         )
 
-    def finished_ids(self) -> set[int]:
-        out = set()
+    def finished(self) -> dict[int, str]:
+        """Job id -> result of every `finished` report."""
+        out = {}
         for raw in self.redis.lrange(f"{NS}:reporting:jobs", 0, -1):
             entry = json.loads(raw)
             body = entry.get("body", entry)  # the redis reporter writes flat {"event": "job:state", ...}
-            if body.get("state") == "finished":
-                out.add(int(body.get("id", -1)))
+            if entry.get("type", "state") == "state" and body.get("state") == "finished":
+                out[int(body.get("id", -1))] = body.get("result", "?")
         return out
 
-    def finished_count(self) -> int:
-        return len(self.finished_ids())
-
-    def feed(self, stop: threading.Event) -> None:
-        """Keep at least 2 short jobs queued until `stop`."""
+    def feed(self, stop: threading.Event, ids: list[int]) -> None:
+        """Keep at least 2 short jobs queued until `stop`; their ids go to `ids`."""
         while not stop.is_set():
             if self.redis.llen(f"{NS}:queue:builds") < 2:
-                self.enqueue("load")
+                ids.append(self.enqueue("load"))
             stop.wait(1)
 
-    def reset_boxes(self) -> None:
-        """Back to the original base box only (versions made by earlier base_box runs removed)."""
-        vagrant = "sudo -u travis HOME=/home/travis vagrant"
-        script = (
-            f"cd /home/travis && for v in $({vagrant} box list --machine-readable "
-            "| awk -F, '$3==\"box-version\" {print $4}' | grep -vx 0); do "
-            f"{vagrant} box remove twlab/debian12 --box-version $v --force; done; "
-            "rm -f /etc/travis-worker/vms/boxes.json"
-        )
-        self.box.ssh(script, timeout=600)
+    def watch_images(self, stop: threading.Event, t0: float, seen: dict[str, dict[str, float]]) -> None:
+        """Until `stop`: seen[vm][digest] = seconds since t0 when the VM's worker first reported the image."""
+        while not stop.is_set():
+            for vm, raw in self.redis.hgetall(f"{NS}:travis:vm_state").items():
+                try:
+                    image = json.loads(raw).get("image") or {}
+                except ValueError:
+                    continue
+                digest = image.get("digest") if isinstance(image, dict) else None
+                if digest:
+                    seen.setdefault(vm, {}).setdefault(digest, round(time.monotonic() - t0, 1))
+            stop.wait(0.5)
 
-    def measure(self, strategy: str, recipes: list[str], n: int) -> tuple[float, int]:
-        stop = threading.Event()
-        feeder = threading.Thread(target=self.feed, args=(stop,), daemon=True)
-        before = self.finished_count()
-        t0 = int(time.time())
-        feeder.start()
-        took = self.play(
-            "playbooks/reprovision.yml",
-            "-e", f"strategy={strategy}",
-            "-e", f"worker_vms_count={n}",
-            "-e", json.dumps({"worker_vms_recipes": recipes, "reprovision_recipe_revision": f"{n}-{t0}"}),
-        )  # fmt: skip
-        stop.set()
-        feeder.join()
-        done = self.finished_count() - before
-        left = self.redis.delete(f"{NS}:queue:builds")  # leftover load must not delay the next probe
-        if left:
-            print("    (cleared the jobs the feeder left queued)", flush=True)
-        print(f"    jobs finished during the run: {done}; {self.diagnose()}", flush=True)
-        return took, done
+    def current_digest(self) -> str | None:
+        """The digest of the image `current` points to on the first box (null: none published)."""
+        out = self.lab.box.ssh(f"cat {IMAGE_STORE}/*/current/image.json 2>/dev/null", check=False).stdout
+        try:
+            return json.loads(out)["digest"] if out.strip() else None
+        except (ValueError, KeyError):
+            return None
+
+    def vms(self) -> list[str]:
+        return sorted(self.redis.hkeys(f"{NS}:travis:vm_state"))
+
+    def measure(self, strategy: str, recipes: list[str], n: int, boxes: int, *extra: str) -> dict[str, Any]:
+        stop, ids, seen = threading.Event(), [], {}
+        t0 = time.monotonic()
+        threads = [
+            threading.Thread(target=self.feed, args=(stop, ids), daemon=True),
+            threading.Thread(target=self.watch_images, args=(stop, t0, seen), daemon=True),
+        ]
+        for t in threads:
+            t.start()
+        revision = {"worker_vms_recipes": recipes, "reprovision_recipe_revision": f"{n}-{int(time.time())}"}
+        try:
+            took, plays = self.play(
+                "playbooks/reprovision.yml",
+                "-e", f"strategy={strategy}",
+                "-e", f"worker_vms_count={n}",
+                "-e", json.dumps(revision),
+                *extra,
+            )  # fmt: skip
+            done_in_play = sum(i in self.finished() for i in ids)
+        finally:  # also when the playbook failed: the threads end before the lab's Redis goes away
+            stop.set()
+            for t in threads:
+                t.join()
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and not all(i in self.finished() for i in ids):
+            time.sleep(3)
+        results = self.finished()
+        digest = self.current_digest() if strategy == "base_box" else None
+        switch = {vm: seen.get(vm, {}).get(digest) for vm in self.vms()} if digest else None
+        converged = (
+            took
+            if strategy == "in_place"
+            else (max(switch.values()) if switch and None not in switch.values() else None)
+        )
+        run = {
+            "strategy": strategy,
+            "boxes": boxes,
+            "vms": n * boxes,
+            "wall_s": round(took, 1),
+            "converged_s": None if converged is None else round(converged, 1),
+            "per_vm_switch_s": switch,
+            "jobs_done": done_in_play,
+            "jobs_failed": sum(1 for i in ids if i in results and results[i] != "passed"),
+            "jobs_lost": sum(1 for i in ids if i not in results),
+            "digest": digest,
+            "plays": plays,
+        }
+        print(
+            f"    {json.dumps({k: v for k, v in run.items() if k != 'plays'})}; {self.diagnose()}", flush=True
+        )
+        return run
+
+
+def recipe_seconds(run: dict[str, Any]) -> float | None:
+    spent = [secs for name, secs in run["plays"] if RECIPE_PLAY.search(name)]
+    return max(spent) if spent else None
+
+
+class Runner:
+    """One lab per configuration, the runs collected."""
+
+    def __init__(self, args: argparse.Namespace, box_art: BoxArtifact, roles: Path, work: Path):
+        self.args, self.box_art, self.work = args, box_art, work
+        self.roles_path = f"{roles}:{ROOT / 'roles'}"
+        self.recipes = ["travis.worker.vm_base", "travis.worker.vm_python", "twbench_toolchain"]
+        self.runs: list[dict[str, Any]] = []
+        self.pickup: dict[str, Any] | None = None
+
+    def lab(self, boxes: int, vms: int, strategies: list[str], with_pickup: bool = False) -> None:
+        work = Path(tempfile.mkdtemp(prefix=f"twt-bench-{boxes}x{vms}-", dir=self.work))
+        env = {"PYTHONUNBUFFERED": "1", "ANSIBLE_ROLES_PATH": self.roles_path}
+        with scratch_lab("twt-bench-", self.box_art, work, keep=self.args.keep, boxes=boxes, **env) as lab:
+            bench = Bench(lab, work)
+            print(f"lab {boxes} box(es) x {vms} VMs: {[b.name for b in lab.boxes]}, work {work}", flush=True)
+            bench.play("site.yml", "-e", f"worker_vms_count={vms}", "-e", "worker_build_isolation=true")
+            bench.round_trip()
+            if with_pickup:
+                self.pickup = pickup.measure(
+                    bench.redis, lab.box, lab.git_url, lab.commit, self.args.pickup_builds
+                )
+            for strategy in strategies:
+                extra = []
+                if boxes > 1:
+                    catalog = work / "catalog"
+                    catalog.mkdir(exist_ok=True)
+                    extra = ["-e", f"reprovision_catalog={catalog}"]
+                self.runs.append(bench.measure(strategy, self.recipes, vms, boxes, *extra))
+
+
+def table(result: dict[str, Any]) -> str:
+    lines = [
+        "| strategy | boxes x VMs | wall | converged | per-VM switch (s from start) | jobs done | failed "
+        "| lost |",
+        "|---|---:|---:|---:|---|---:|---:|---:|",
+    ]
+    for r in result["runs"]:
+        switch = ", ".join(f"{v}" for _, v in sorted((r["per_vm_switch_s"] or {}).items())) or "-"
+        conv = "-" if r["converged_s"] is None else f"{r['converged_s']:.0f} s"
+        lines.append(
+            f"| {r['strategy']} | {r['boxes']} x {r['vms'] // r['boxes']} | {r['wall_s']:.0f} s | {conv} | "
+            f"{switch} | {r['jobs_done']} | {r['jobs_failed']} | {r['jobs_lost']} |"
+        )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", default="1,3,5")
+    parser.add_argument("--sizes", default="1,5")
+    parser.add_argument("--fleet", default="2x3", help="BOXESxVMS for the many-boxes run; empty: skip it")
+    parser.add_argument("--pickup-builds", type=int, default=20)
     parser.add_argument("--packages", default="build-essential ruby-full default-jdk-headless")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench/results/reprovision.json")
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args(argv)
-    sizes = [int(s) for s in args.sizes.split(",")]
+    sizes = [int(s) for s in args.sizes.split(",") if s]
 
-    # SIGTERM (kill, a CI timeout) ends the run through the `finally` below: box and services removed.
+    # SIGTERM (kill, a CI timeout) ends the run through the `finally` of the lab: boxes and services removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = Path(tempfile.mkdtemp(prefix="twt-bench-"))
     roles = work / "roles"
@@ -175,36 +298,34 @@ def main(argv: list[str] | None = None) -> int:
     (roles / "twbench_toolchain/tasks/main.yml").write_text(
         RECIPE_TASKS.format(packages=json.dumps(args.packages.split()))
     )
-    rows = []
-    roles_path = f"{roles}:{ROOT / 'roles'}"
-    with scratch_lab(
-        "twt-bench-", ensure_box(), work, keep=args.keep, PYTHONUNBUFFERED="1", ANSIBLE_ROLES_PATH=roles_path
-    ) as lab:
-        bench = Bench(lab, work)
-        print(f"bench: box {lab.box.name}, work {work}", flush=True)
-        bench.play("site.yml", "-e", f"worker_vms_count={sizes[0]}", "-e", "worker_build_isolation=true")
-        base = ["travis.worker.vm_base", "travis.worker.vm_python"]
-        for n in sizes:
-            print(f"N={n}", flush=True)
-            if n != sizes[0]:  # the first size's VMs come fresh from the original box (site.yml above)
-                bench.play("playbooks/scale.yml", "-e", f"worker_vms_count={n}")
-                bench.reset_boxes()
-                bench.play("playbooks/rebuild.yml", "-e", f"worker_vms_count={n}")
-            bench.round_trip()
-            t_in, jobs_in = bench.measure("in_place", [*base, "twbench_toolchain"], n)
-            t_bb, jobs_bb = bench.measure("base_box", [*base, "twbench_toolchain"], n)
-            rows.append((n, t_in, t_bb, jobs_in, jobs_bb))
-            print(f"ROW N={n} in_place={t_in:.0f}s base_box={t_bb:.0f}s jobs={jobs_in}/{jobs_bb}", flush=True)
+    head = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "commit": pickup.commit_of_tree(),
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+    }
+    runner = Runner(args, ensure_box(), roles, work)
+    for i, n in enumerate(sizes):
+        runner.lab(1, n, ["in_place", "base_box"], with_pickup=i == 0 and args.pickup_builds > 0)
+    if args.fleet:
+        boxes, vms = (int(x) for x in args.fleet.split("x"))
+        runner.lab(1, vms, ["base_box"])  # the one-box reference for the same VMs per box
+        runner.lab(boxes, vms, ["base_box"])
 
-    print("\n| N VMs | in_place | base_box | in_place / base_box | jobs done in in_place | in base_box |")
-    print("|---:|---:|---:|---:|---:|---:|")
-    for n, t_in, t_bb, j_in, j_bb in rows:
-        print(f"| {n} | {t_in:.0f} s | {t_bb:.0f} s | {t_in / t_bb:.2f}x | {j_in} | {j_bb} |")
-    if len(rows) >= 2:
-        (n0, i0, b0, *_), (n1, i1, b1, *_) = rows[0], rows[-1]
-        print(
-            f"\nper extra VM: in_place {(i1 - i0) / (n1 - n0):.0f} s, base_box {(b1 - b0) / (n1 - n0):.0f} s"
-        )
+    first_bb = next((r for r in runner.runs if r["strategy"] == "base_box"), None)
+    pick = runner.pickup or {}
+    result = {
+        **head,
+        "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+        "recipe_s": recipe_seconds(first_bb) if first_bb else None,
+        "reset_p50_s": (pick.get("reset_s") or {}).get("p50"),
+        "pickup_to_start_p50_s": (pick.get("pickup_to_first_cmd_s") or {}).get("p50"),
+        "pickup": runner.pickup,
+        "runs": runner.runs,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwritten {args.out}\n")
+    print(table(result))
     return 0
 
 

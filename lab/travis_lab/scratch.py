@@ -7,6 +7,9 @@
 Everything is recorded in `work/state.json` as it is started and removed when the block ends, also when it
 ends by an exception or SIGTERM turned into SystemExit (`keep=True` keeps the container for a post-mortem).
 The demo (`travis_lab.demo`) keeps its own, longer-lived state and a CI-app stand-in; this is the bare lab.
+
+`boxes=2` makes two box containers on the same Redis (a fleet of two worker boxes): both in the inventory, box
+i's worker VMs named `b<i>-worker-N` (VM names are keys of the workers' state in Redis: they must be unique).
 """
 
 from __future__ import annotations
@@ -27,34 +30,41 @@ from travis_lab.net import HOST_ADDR, ensure_bridge
 
 @dataclass
 class ScratchLab:
-    box: BoxContainer
+    box: BoxContainer  # the first of `boxes`
     inventory: Path  # INI inventory: the box container in group worker_boxes
     env: dict[str, str]  # ansible-playbook's environment (see travis_lab.demo.ansible_env)
     redis_url: str
     git_url: str  # git://HOST_ADDR:PORT; the demo repository is <git_url>/demo.git
     commit: str  # the demo repository's head
+    boxes: list[BoxContainer]
 
 
 @contextmanager
 def scratch_lab(
-    prefix: str, box_art: BoxArtifact, work: Path, *, keep: bool = False, **env: str
+    prefix: str, box_art: BoxArtifact, work: Path, *, keep: bool = False, boxes: int = 1, **env: str
 ) -> Iterator[ScratchLab]:
-    """Start the services, create the container `<prefix><6 hex>` from `box_art`, yield them; `env` adds
+    """Start the services, create `boxes` containers `<prefix><6 hex>` from `box_art`, yield them; `env` adds
     variables to ansible-playbook's environment."""
     ensure_bridge()
     state = LabState.load(work / "state.json")
-    box: BoxContainer | None = None
+    made: list[BoxContainer] = []
     try:
         redis = start_redis(state, HOST_ADDR, work / "redis")
         repo = ensure_demo_repo(work / "repos")
         git = start_git_daemon(state, HOST_ADDR, work / "repos", work)
-        box = create_container(f"{prefix}{secrets.token_hex(3)}", box_art.rootfs, arch=host_arch())
-        box.trust_host_cas()
+        lines = ["[worker_boxes]"]
+        for i in range(1, boxes + 1):
+            box = create_container(f"{prefix}{secrets.token_hex(3)}", box_art.rootfs, arch=host_arch())
+            made.append(box)
+            box.trust_host_cas()
+            line = box.inventory(group="worker_boxes").splitlines()[1]
+            lines.append(line if boxes == 1 else f"{line} worker_vms_name_prefix=b{i}-worker-")
         inventory = work / "inventory.ini"
-        inventory.write_text(box.inventory(group="worker_boxes"), encoding="utf-8")
+        inventory.write_text("\n".join(lines) + "\n", encoding="utf-8")
         playbook_env = ansible_env(box_art.path, redis.url, **env)
-        yield ScratchLab(box, inventory, playbook_env, redis.url, git.url, repo.commit)
+        yield ScratchLab(made[0], inventory, playbook_env, redis.url, git.url, repo.commit, made)
     finally:
-        if box is not None and not keep:
-            box.destroy()
+        if not keep:
+            for box in made:
+                box.destroy()
         stop_recorded(state)

@@ -106,6 +106,31 @@ def converged_lab(lab_box: BoxArtifact, tmp_path_factory: pytest.TempPathFactory
         yield lab
 
 
+def converged_fleet(
+    lab_box: BoxArtifact, tmp_path_factory: pytest.TempPathFactory, boxes: int = 2, vms: int = 2
+) -> Iterator[Lab]:
+    """`boxes` box containers on one Redis, each converged by site.yml with `vms` worker VMs, named
+    `b<i>-worker-N` on box i (see travis_lab.scratch). `lab.box` is the first, `lab.boxes` all."""
+    work = tmp_path_factory.mktemp("twt-fleet")
+    with scratch_lab("twt-pb-", lab_box, work, boxes=boxes) as scratch:
+        logs = work / "logs"
+        logs.mkdir()
+        lab = Lab(**vars(scratch), logs=logs)
+        lab.play(
+            "site.yml",
+            "-e", "worker_build_isolation=true",
+            "-e", "worker_pip_source=index",
+            "-e", f"worker_vms_count={vms}",
+        )  # fmt: skip
+        yield lab
+
+
+def vm_states(lab: Lab) -> dict[str, dict]:
+    """VM name -> the document its worker keeps in Redis (`<ns>:travis:vm_state`)."""
+    raw = rclient(lab).hgetall(f"{NS}:travis:vm_state")
+    return {vm: json.loads(doc) for vm, doc in raw.items()}
+
+
 def rclient(lab: Lab) -> redis.Redis:
     return redis.Redis.from_url(lab.redis_url, decode_responses=True)
 
@@ -132,12 +157,17 @@ def enqueue(lab: Lab, n: int, sleep: float = 1.0) -> list[int]:
 
 def finished(lab: Lab) -> dict[int, str]:
     """Job id -> result of every `finished` report in the Redis reporting list."""
-    out: dict[int, str] = {}
+    return {job_id: body.get("result", "?") for job_id, body in finished_reports(lab).items()}
+
+
+def finished_reports(lab: Lab) -> dict[int, dict]:
+    """Job id -> the body of its `finished` report (result, worker id `<host>:<pid>:<queue>`, ...)."""
+    out: dict[int, dict] = {}
     for raw in rclient(lab).lrange(f"{NS}:reporting:jobs", 0, -1):
         entry = json.loads(raw)
         body = entry.get("body", entry)
         if entry.get("type", "state") == "state" and body.get("state") == "finished":
-            out[int(body["id"])] = body.get("result", "?")
+            out[int(body["id"])] = body
     return out
 
 

@@ -1,0 +1,92 @@
+"""Two worker boxes on one Redis (a fleet): converged by site.yml, both serve the one queue; one image build
+(reprovision.yml base_box with a catalog) converges both.
+
+The fixture (`converged_fleet`, playbooks_lab.py) makes two box containers with 2 worker VMs each, named
+b1-worker-N and b2-worker-N so that their state in Redis does not collide. Budget: < 15 min for the file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playbooks_lab import Lab, converged_fleet, enqueue, finished_reports, vm_states, wait_finished
+from travis_lab.boxbuild import BoxArtifact
+from travis_lab.container import BoxContainer
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
+
+VMS = 2  # per box; the benchmark (bench/reprovision/run.py) uses 3
+IMAGE_STORE = "/var/lib/travis-worker/images"
+
+
+@pytest.fixture(scope="module")
+def fleet(lab_box: BoxArtifact, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    yield from converged_fleet(lab_box, tmp_path_factory, boxes=2, vms=VMS)
+
+
+def test_both_boxes_converged_and_serving(fleet: Lab) -> None:
+    assert len(fleet.boxes) == 2
+    names = {box.name for box in fleet.boxes}
+    for i, box in enumerate(fleet.boxes, start=1):
+        for n in range(1, VMS + 1):
+            unit = f"travis-worker@b{i}-worker-{n}.service"
+            state = box.ssh(f"systemctl show -p ActiveState --value {unit}").stdout.strip()
+            assert state == "active", (box.name, unit, state)
+    states = vm_states(fleet)
+    assert sorted(states) == sorted(f"b{i}-worker-{n}" for i in (1, 2) for n in range(1, VMS + 1)), states
+
+    # two per worker: both boxes take some (measured: 16 jobs took 7 min at load 11, 8 are enough here)
+    ids = enqueue(fleet, 2 * 2 * VMS, sleep=2)
+    results = wait_finished(fleet, ids, timeout=900)
+    assert set(results.values()) == {"passed"}, results
+    hosts = {re.sub(r":.*", "", finished_reports(fleet)[i]["worker"]) for i in ids}
+    assert hosts == names, f"jobs ran on {hosts}, boxes are {names}"
+
+
+def current_image(box: BoxContainer) -> dict:
+    """image.json of the version `current` points to in the box's image store (design13.md)."""
+    return json.loads(box.ssh(f"cat {IMAGE_STORE}/*/current/image.json").stdout)
+
+
+def test_one_image_build_both_boxes_converged(fleet: Lab, tmp_path: Path) -> None:
+    """reprovision.yml base_box with a catalog: the first box builds and exports the image once, the other
+    fetches it; every VM of both boxes ends on the new digest, with jobs flowing, every job passed."""
+    builder, other = fleet.boxes
+    catalog = tmp_path / "catalog"
+    catalog.mkdir()
+    rev = f"reprovision_recipe_revision=twt-fleet-{secrets.token_hex(2)}"
+    jobs = enqueue(fleet, 2 * 2 * VMS, sleep=2)
+    fleet.play(
+        "playbooks/reprovision.yml",
+        "-e",
+        "strategy=base_box",
+        "-e",
+        f"reprovision_catalog={catalog}",
+        "-e",
+        rev,
+    )
+    more = enqueue(fleet, 2 * VMS, sleep=1)
+    results = wait_finished(fleet, jobs + more, timeout=900)
+    assert set(results.values()) == {"passed"}, results  # none lost, none failed
+
+    meta = json.loads((catalog / "metadata.json").read_text())
+    assert len(meta["versions"]) == 1, meta  # one image build, published once
+    version = meta["versions"][0]
+    digest = version["travis_worker"]["digest"]
+
+    built, fetched = current_image(builder), current_image(other)
+    assert (built["version"], built["digest"]) == (version["version"], digest), built
+    assert (fetched["version"], fetched["digest"]) == (version["version"], digest), fetched
+    assert built["built_on"] == builder.name and "fetched_from" not in built, built
+    assert "fetched_from" in fetched, fetched  # unpacked from the catalog's .box, not built again
+
+    # every VM reports the new image (the later jobs ran on it: each switched at a job boundary)
+    states = vm_states(fleet)
+    assert len(states) == 2 * VMS, states
+    for vm, doc in states.items():
+        assert (doc.get("image") or {}).get("digest") == digest, (vm, doc)
