@@ -29,7 +29,10 @@ description:
     version with the same O(digest) and provider exists, nothing is built (a rerun after a failure); with
     O(activate) C(current) is moved to it.
   - O(state=current) - move C(current) to O(version) (a version name or V(previous), the newest complete
-    version older than the current one). This is rollback.
+    version older than the current one). This is rollback. O(version=none) withdraws the published image -
+    C(current) is removed, the versions stay - so the workers keep what their VMs run
+    (C(reprovision.yml -e strategy=in_place) does it: a published image would undo the in-place recipes at
+    each VM's next reset).
   - O(state=pruned) - remove the complete versions beyond the newest O(keep), never the current one nor one
     named in C(users/); and incomplete version directories. VirtualBox - the version's snapshot is deleted
     first; when that fails (a clone still uses it) the version is kept and a warning says why.
@@ -73,7 +76,7 @@ options:
   version:
     description:
       - O(state=published) - the new version's name; default the UTC time C(%Y%m%d.%H%M%S).
-      - O(state=current) - the version to activate, or V(previous).
+      - O(state=current) - the version to activate, V(previous), or V(none) to withdraw C(current).
       - O(state=exported) / O(state=fetched) - the version; default the current one / the catalog's newest.
     type: str
   activate:
@@ -492,6 +495,14 @@ class Store:
         want = self.p["version"]
         if not want:
             raise ImageError("state=current needs version (a version name or 'previous')")
+        if want == "none":  # withdraw: the workers keep what their VMs run
+            was = store_lib.current(self.bdir)
+            self.result.update(version=None, previous=was)
+            if was is not None or os.path.lexists(os.path.join(self.bdir, store_lib.CURRENT)):
+                if not self.check:
+                    os.unlink(os.path.join(self.bdir, store_lib.CURRENT))
+                self.result["changed"] = True
+            return
         found = store_lib.images(self.bdir)
         if want == "previous":
             target = store_lib.previous(found, store_lib.current(self.bdir))
@@ -761,6 +772,8 @@ class Store:
                 self.p["activate"] or self.p["state"] == "current"
             ):
                 after["current"] = self.result.get("version") or after["current"]
+            if self.p["state"] == "current" and self.p["version"] == "none":
+                after["current"] = None  # withdrawn
         self.result.update(
             current=after["current"],
             versions=store_lib.images(self.bdir),

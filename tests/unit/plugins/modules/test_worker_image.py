@@ -163,6 +163,20 @@ def test_rollback_to_previous_and_to_a_named_version(run_module, lab) -> None:
     assert bad["failed"] and "20261202.010000" in bad["msg"]
 
 
+def test_version_none_withdraws_current_and_keeps_the_versions(run_module, lab) -> None:
+    """in_place on a box with a published image withdraws it, or the runner would undo the recipes."""
+    publish(run_module, lab, "20261202.010000")
+    base = dict(box=BOX, store=str(lab["store"]), state="current", version="none")
+    checked = run_module(worker_image.main, base, [], check_mode=True, diff=True)
+    assert checked["changed"] and checked["diff"]["after"]["current"] is None
+    assert os.readlink(lab["bdir"] / "current") == "20261202.010000"  # --check changed nothing
+    result = run_module(worker_image.main, base, [])
+    assert result["changed"] and result["previous"] == "20261202.010000" and result["current"] is None
+    assert not os.path.lexists(lab["bdir"] / "current")
+    assert [i["version"] for i in result["versions"]] == ["20261202.010000"]
+    assert not run_module(worker_image.main, base, [])["changed"]  # a rerun changes nothing
+
+
 def test_rollback_without_an_older_version_fails_clearly(run_module, lab) -> None:
     publish(run_module, lab, "20261202.010000")
     result = run_module(
