@@ -31,7 +31,7 @@ description:
   - O(state=current) - move C(current) to O(version) (a version name or V(previous), the newest complete
     version older than the current one). This is rollback. O(version=none) withdraws the published image -
     C(current) is removed, the versions stay - so the workers keep what their VMs run
-    (C(reprovision.yml -e strategy=in_place) does it: a published image would undo the in-place recipes at
+    (C(reprovision.yml -e strategy=in_place) does it, as a published image would undo the in-place recipes at
     each VM's next reset).
   - O(state=pruned) - remove the complete versions beyond the newest O(keep), never the current one nor one
     named in C(users/); and incomplete version directories. VirtualBox - the version's snapshot is deleted
