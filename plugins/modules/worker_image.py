@@ -25,16 +25,16 @@ description:
     C(/etc/machine-id) is emptied in the copy (the VMs of an image must not share the base VM's id; the LXC
     helper gives each VM its own). VirtualBox (module_utils C(virtualbox_image), shared with the other
     VirtualBox tools) - the base VM must be powered off (a cold snapshot, or every clone would start from its
-    saved state); C(VBoxManage snapshot <vm> take <snapshot>) (skipped when the snapshot exists: a rerun), and
-    C(vm.json) names the VM's UUID and snapshot. Then O(private_key) is copied, C(image.json) written, and
-    C(current) moved (O(activate)). When a complete
+    saved state); C(VBoxManage snapshot <vm> take <snapshot>) (skipped when the snapshot exists, as in a
+    rerun), and C(vm.json) names the VM's UUID and snapshot. Then O(private_key) is copied, C(image.json)
+    written, and C(current) moved (O(activate)). When a complete
     version with the same O(digest) and provider exists, nothing is built (a rerun after a failure); with
     O(activate) C(current) is moved to it.
   - O(state=current) - move C(current) to O(version) (a version name or V(previous), the newest complete
     version older than the current one). This is rollback. O(version=none) withdraws the published image -
     C(current) is removed, the versions stay - so the workers keep what their VMs run
-    (C(reprovision.yml -e strategy=in_place) does it: a published image would undo the in-place recipes at
-    each VM's next reset).
+    (C(reprovision.yml -e strategy=in_place) does it, since a published image would undo the in-place recipes
+    at each VM's next reset).
   - O(state=pruned) - remove the complete versions beyond the newest O(keep), never the current one nor one
     named in C(users/); and incomplete version directories. VirtualBox (module_utils C(virtualbox_image)) -
     first the version's base VM is unregistered with its disks (C(unregistervm --delete)), or, when a version
@@ -110,7 +110,7 @@ options:
   snapshot:
     description:
       - VirtualBox - the snapshot name; default C(image-<version>) (C(tasks/image_publish.yml) snapshots the
-        same base VM at every build: each version needs its own snapshot).
+        same base VM at every build, so each version needs its own snapshot).
     type: str
   private_key:
     description:
