@@ -47,6 +47,7 @@ __all__ = [
     "parse_medium_info",
     "prune",
     "publish",
+    "release",
     "slug",
 ]
 
@@ -280,6 +281,34 @@ def linked_clones(vbox: VBoxManage, base_vm: str, snapshot: Optional[str] = None
     return sorted(clones.values(), key=lambda u: u["name"])
 
 
+def release(vbox: VBoxManage, vm: dict[str, Any], others: list[dict[str, Any]]) -> Optional[str]:
+    """Free the VirtualBox side of one version (its ``vm.json`` is ``vm``) before its directory goes.
+
+    ``others``: the ``vm.json`` of the versions that stay. When one of them names the same base VM, only
+    this version's snapshot is deleted (``snapshot <vm> delete <snapshot>``); else the base VM is
+    unregistered and its disks deleted (``unregistervm --delete``). Nothing is done, and the reason is
+    returned, while :func:`linked_clones` finds a VM still linked to it. A base VM that is gone already
+    (not found) needs nothing. Returns None when the version may be removed."""
+    base, snapshot = str(vm.get("uuid", "")), str(vm.get("snapshot", ""))
+    if not base:
+        return None
+    shared = any(str(other.get("uuid", "")) == base for other in others)
+    try:
+        clones = linked_clones(vbox, base, snapshot if shared else None)
+    except VBoxManageError as exc:
+        if exc.not_found:
+            return None  # the base VM is gone already: only the directory is left
+        return f"cannot check its base VM {base}: {exc}"
+    if clones:
+        names = ", ".join(f"{c['name']} ({c['uuid']})" for c in clones)
+        return f"VMs are still linked clones of its base VM {base}: {names}"
+    if shared:
+        vbox.snapshot_delete(base, snapshot)
+    else:
+        vbox.unregister(base, delete=True)
+    return None
+
+
 def prune(vbox: VBoxManage, *, store: str, box: str, keep: int) -> dict[str, Any]:
     """Remove old versions of ``box`` (see the module docstring); returns removed/kept/refused/planned."""
     if keep < 1:
@@ -309,28 +338,13 @@ def prune(vbox: VBoxManage, *, store: str, box: str, keep: int) -> dict[str, Any
     for version in complete:
         if version in kept:
             continue
-        base, snapshot = str(vms[version].get("uuid", "")), str(vms[version].get("snapshot", ""))
         # one base VM per version (publish()), or one base VM with a snapshot per version: then only that
         # snapshot goes while another version that stays (or is not removed yet) still uses the VM
-        shared = any(
-            str(vms[v].get("uuid", "")) == base for v in complete if v != version and v not in removed
-        )
-        if base:
-            try:
-                clones = linked_clones(vbox, base, snapshot if shared else None)
-            except VBoxManageError as exc:
-                if not exc.not_found:
-                    refused[version] = f"cannot check its base VM {base}: {exc}"
-                    continue
-                clones, base = [], ""  # the base VM is gone already: only the directory is left
-            if clones:
-                names = ", ".join(f"{c['name']} ({c['uuid']})" for c in clones)
-                refused[version] = f"VMs are still linked clones of its base VM {base}: {names}"
-                continue
-            if base and shared:
-                vbox.snapshot_delete(base, snapshot)
-            elif base:
-                vbox.unregister(base, delete=True)
+        others = [vms[v] for v in complete if v != version and v not in removed]
+        why = release(vbox, vms[version], others)
+        if why:
+            refused[version] = why
+            continue
         if not vbox.dry_run:
             shutil.rmtree(box_dir / version)
         removed.append(version)

@@ -23,19 +23,23 @@ description:
   - O(state=published) - a new version from the stopped base VM. LXC - its root filesystem is copied once
     (C(rsync -aHAX --numeric-ids), xattrs such as file capabilities kept) into C(<version>/rootfs);
     C(/etc/machine-id) is emptied in the copy (the VMs of an image must not share the base VM's id; the LXC
-    helper gives each VM its own). VirtualBox -
-    C(VBoxManage snapshot <vm> take <snapshot>), and C(vm.json) names that VM and snapshot. Then
-    O(private_key) is copied, C(image.json) written, and C(current) moved (O(activate)). When a complete
+    helper gives each VM its own). VirtualBox (module_utils C(virtualbox_image), shared with the other
+    VirtualBox tools) - the base VM must be powered off (a cold snapshot, or every clone would start from its
+    saved state); C(VBoxManage snapshot <vm> take <snapshot>) (skipped when the snapshot exists, as in a
+    rerun), and C(vm.json) names the VM's UUID and snapshot. Then O(private_key) is copied, C(image.json)
+    written, and C(current) moved (O(activate)). When a complete
     version with the same O(digest) and provider exists, nothing is built (a rerun after a failure); with
     O(activate) C(current) is moved to it.
   - O(state=current) - move C(current) to O(version) (a version name or V(previous), the newest complete
     version older than the current one). This is rollback. O(version=none) withdraws the published image -
     C(current) is removed, the versions stay - so the workers keep what their VMs run
-    (C(reprovision.yml -e strategy=in_place) does it, as a published image would undo the in-place recipes at
-    each VM's next reset).
+    (C(reprovision.yml -e strategy=in_place) does it, since a published image would undo the in-place recipes
+    at each VM's next reset).
   - O(state=pruned) - remove the complete versions beyond the newest O(keep), never the current one nor one
-    named in C(users/); and incomplete version directories. VirtualBox - the version's snapshot is deleted
-    first; when that fails (a clone still uses it) the version is kept and a warning says why.
+    named in C(users/); and incomplete version directories. VirtualBox (module_utils C(virtualbox_image)) -
+    first the version's base VM is unregistered with its disks (C(unregistervm --delete)), or, when a version
+    that stays names the same base VM, only its snapshot is deleted; when C(showmediuminfo) shows a VM still
+    linked to it, or VBoxManage fails, the version is kept and a warning says why.
   - O(state=status) - report versions, current, users, incomplete builds. Never changes anything.
   - O(state=exported) - LXC only. Write the version O(version) (default the current one) as a box
     C(<catalog>/<slug>-<version>-lxc.box) (tar.gz with C(metadata.json), C(private_key) and the C(rootfs/)
@@ -99,13 +103,19 @@ options:
       - VirtualBox - the base VM (name or UUID) to snapshot; run the module as the user it is registered to.
     type: str
   vm_uuid:
-    description: VirtualBox - the base VM's UUID written to C(vm.json); default O(vm).
+    description:
+      - VirtualBox - the base VM's UUID as the caller knows it. C(vm.json) gets the UUID
+        C(VBoxManage showvminfo) reports for O(vm); a warning says when they differ.
     type: str
   snapshot:
-    description: VirtualBox - the snapshot name; default C(image-<version>).
+    description:
+      - VirtualBox - the snapshot name; default C(image-<version>) (C(tasks/image_publish.yml) snapshots the
+        same base VM at every build, so each version needs its own snapshot).
     type: str
   private_key:
-    description: The SSH private key the image's C(vagrant) user accepts (the base VM's Vagrant key).
+    description:
+      - The SSH private key the image's C(vagrant) user accepts (the base VM's Vagrant key).
+      - Required with O(provider=virtualbox).
     type: path
   owner:
     description:
@@ -256,6 +266,8 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.urls import fetch_url
 
 from ansible_collections.travis.worker.plugins.module_utils import image_store as store_lib
+from ansible_collections.travis.worker.plugins.module_utils import virtualbox_image
+from ansible_collections.travis.worker.plugins.module_utils.vboxmanage import VBoxManage, VBoxManageError
 
 
 class ImageError(Exception):
@@ -427,8 +439,10 @@ class Store:
             raise ImageError("provider=virtualbox needs vm (the base VM's name or UUID)")
         version = self.new_version_name()
         self.result.update(version=version, built=True, changed=True)
-        if p["provider"] == "lxc":
-            rootfs = rootfs_of(p["lxc_path"], p["lxc_container"])
+        if p["provider"] == "virtualbox":
+            self.published_virtualbox(version)
+            return
+        rootfs = rootfs_of(p["lxc_path"], p["lxc_container"])
         if self.check:
             return
         self.ensure_dirs()
@@ -448,38 +462,21 @@ class Store:
             "built_on": p["hostname"] or socket.gethostname(),
         }
         try:
-            if p["provider"] == "lxc":
-                self.run(
-                    [
-                        self.module.get_bin_path("rsync", required=True),
-                        "-aHAX",
-                        "--numeric-ids",
-                        rootfs + "/",
-                        os.path.join(vdir, "rootfs") + "/",
-                    ],
-                    f"copying {rootfs} into the image",
-                    "check free space in the store and that the base container is stopped",
-                )
-                machine_id = os.path.join(vdir, "rootfs", "etc", "machine-id")
-                if os.path.isfile(machine_id) and not os.path.islink(machine_id):
-                    with open(machine_id, "w", encoding="utf-8"):
-                        pass
-            else:
-                snapshot = p["snapshot"] or f"image-{version}"
-                self.run(
-                    [
-                        self.module.get_bin_path("VBoxManage", required=True),
-                        "snapshot",
-                        p["vm"],
-                        "take",
-                        snapshot,
-                    ],
-                    f"VBoxManage snapshot {p['vm']} take {snapshot}",
-                    "run the module as the user the base VM is registered to, with the VM powered off",
-                )
-                store_lib.write_json_atomic(
-                    os.path.join(vdir, "vm.json"), {"uuid": p["vm_uuid"] or p["vm"], "snapshot": snapshot}
-                )
+            self.run(
+                [
+                    self.module.get_bin_path("rsync", required=True),
+                    "-aHAX",
+                    "--numeric-ids",
+                    rootfs + "/",
+                    os.path.join(vdir, "rootfs") + "/",
+                ],
+                f"copying {rootfs} into the image",
+                "check free space in the store and that the base container is stopped",
+            )
+            machine_id = os.path.join(vdir, "rootfs", "etc", "machine-id")
+            if os.path.isfile(machine_id) and not os.path.islink(machine_id):
+                with open(machine_id, "w", encoding="utf-8"):
+                    pass
             self.copy_key(p["private_key"], vdir)
             image["created"] = now_iso()
             self.write_image(vdir, image)
@@ -490,6 +487,38 @@ class Store:
         self.result["image"] = image
         if p["activate"]:
             self.activate(version)
+
+    def vbox(self) -> VBoxManage:
+        return VBoxManage(self.module, dry_run=self.check)
+
+    def published_virtualbox(self, version: str) -> None:
+        """The one VirtualBox implementation (module_utils/virtualbox_image.py): a cold snapshot of the
+        powered-off base VM, vm.json + private_key + image.json last, current moved (O(activate))."""
+        p = self.p
+        if not p["private_key"]:
+            raise ImageError("provider=virtualbox needs private_key (the base VM's Vagrant key)")
+        if not self.check:
+            self.ensure_dirs()
+        try:
+            done = virtualbox_image.publish(
+                self.vbox(), store=p["store"], box=p["box"], version=version, digest=p["digest"],
+                base_vm=p["vm"], private_key=p["private_key"], snapshot=p["snapshot"] or f"image-{version}",
+                activate_it=p["activate"], built_on=p["hostname"],
+            )  # fmt: skip
+        except virtualbox_image.ImageError as exc:
+            raise ImageError(str(exc)) from None
+        except VBoxManageError as exc:
+            raise ImageError(**exc.fail_kwargs()) from None
+        if p["vm_uuid"] and done["vm"].get("uuid", "").lower() != p["vm_uuid"].lower():
+            self.module.warn(f"vm_uuid {p['vm_uuid']} differs from {p['vm']}'s UUID {done['vm'].get('uuid')};"
+                             " vm.json names the latter")  # fmt: skip
+        if "image" in done and not self.check:
+            self.result["image"] = done["image"]
+        ids = self.owner_ids()
+        if ids and not self.check:
+            vdir = os.path.join(self.bdir, version)
+            for path in (vdir, os.path.join(vdir, "private_key")):
+                os.chown(path, *ids)
 
     def current(self) -> None:
         want = self.p["version"]
@@ -525,21 +554,20 @@ class Store:
     def pruned(self) -> None:
         remove, kept = store_lib.prune_plan(self.bdir, self.p["keep"])
         self.result["kept"] = kept
+        complete = [i["version"] for i in store_lib.images(self.bdir)]
+        vms = {v: store_lib.read_json(os.path.join(self.bdir, v, virtualbox_image.VM_JSON)) for v in complete}
         vbox = None
         for version in remove:
-            vm = store_lib.read_json(os.path.join(self.bdir, version, "vm.json"))
-            if vm and vm.get("uuid") and vm.get("snapshot") and not self.check:
-                vbox = vbox or self.module.get_bin_path("VBoxManage", required=True)
-                rc, out, err = self.module.run_command(
-                    [vbox, "snapshot", vm["uuid"], "delete", vm["snapshot"]],
-                    environ_update={"LANG": "C", "LC_ALL": "C"},
-                )
-                if rc != 0 and "VBOX_E_OBJECT_NOT_FOUND" not in err and "Could not find" not in err:
-                    self.module.warn(
-                        f"kept {version}: deleting snapshot {vm['snapshot']} of {vm['uuid']} failed:"
-                        f" {(err or out).strip()[-300:]}"
-                    )
-                    kept[version] = ["snapshot delete failed"]
+            if vms.get(version):  # a VirtualBox image: its base VM or snapshot goes first (virtualbox_image)
+                vbox = vbox or self.vbox()
+                others = [vms[v] or {} for v in complete if v != version and v not in self.result["removed"]]
+                try:
+                    why = virtualbox_image.release(vbox, vms[version], others)
+                except VBoxManageError as exc:
+                    why = str(exc)
+                if why:
+                    self.module.warn(f"kept {version}: {why}")
+                    kept[version] = [why]
                     continue
             if not self.check:
                 self.remove_version_dir(version)

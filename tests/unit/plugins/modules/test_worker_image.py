@@ -1,6 +1,6 @@
-"""worker_image: publish (LXC: real rsync on a small rootfs; VirtualBox: recorded `VBoxManage snapshot
-take`), activate / rollback, prune (never current or in use), status, catalog export + fetch (real tar,
-sha256 checked), check mode and diff, on real files in tmp_path."""
+"""worker_image: publish (LXC: real rsync on a small rootfs; VirtualBox: recorded VBoxManage output
+through module_utils/virtualbox_image), activate / rollback, prune (never current or in use), status,
+catalog export + fetch (real tar, sha256 checked), check mode and diff, on real files in tmp_path."""
 
 from __future__ import annotations
 
@@ -132,21 +132,89 @@ def test_publish_check_mode_changes_nothing(run_module, lab) -> None:
     assert result["diff"]["after"] == {"current": "20261202.040000", "versions": ["20261202.040000"]}
 
 
-def test_publish_virtualbox_takes_snapshot_and_writes_vm_json(run_module, lab) -> None:
-    rec = recorded("vboxmanage/snapshot_take")
-    uuid = "6f1c2f4e-1111-4a5b-9c3d-0e2f4a6b8c0d"
+BASE = "3f2b9c7a-1d4e-4a8b-8c6f-2e5d7a9b0c13"  # the base VM of the vboxmanage_image recordings
+
+
+def vbox(name: str) -> Any:
+    """An expected VBoxManage call: argv and output of tests/unit/fixtures/vboxmanage_image/<name>.json."""
+    rec = recorded(f"vboxmanage_image/{name}")
+    return call(["/usr/bin/VBoxManage", *rec["argv"][1:]], fixture=f"vboxmanage_image/{name}")
+
+
+def vbox_args(lab: dict[str, Any], **extra: Any) -> dict[str, Any]:
     args = dict(box=BOX, store=str(lab["store"]), state="published", provider="virtualbox", digest=DIGEST,
-                version="20261202.040000", vm=uuid, snapshot="travis-clean",
-                private_key=str(lab["key"]))  # fmt: skip
-    argv = ["/usr/bin/VBoxManage", "snapshot", uuid, "take", "travis-clean"]
-    result = run_module(
-        worker_image.main, args, [call(argv, rc=rec["rc"], stdout=rec["stdout"], stderr=rec["stderr"])]
-    )
-    assert result["built"], result
+                version="20261202.040000", vm=BASE, private_key=str(lab["key"]), hostname="box1")  # fmt: skip
+    return {**args, **extra}
+
+
+def test_publish_virtualbox_takes_a_cold_snapshot_and_writes_vm_json(run_module, lab) -> None:
+    """virtualbox_image.publish() does it: showvminfo (powered off?), snapshot take `image`, files."""
+    take = ["/usr/bin/VBoxManage", "snapshot", BASE, "take", "image-20261202.040000"]
+    # the recorded output of `snapshot take` does not name the snapshot: the recording fits this name as well
+    calls = [vbox("showvminfo_base_poweroff"), call(take, fixture="vboxmanage_image/snapshot_take_image")]
+    checked = run_module(worker_image.main, vbox_args(lab), calls[:1], check_mode=True, diff=True)
+    assert checked["changed"] and checked["built"], checked
+    assert checked["diff"]["after"] == {"current": "20261202.040000", "versions": ["20261202.040000"]}
+    # check mode: only the read (showvminfo) runs, the snapshot is planned
+    assert not (lab["bdir"] / "20261202.040000").exists()
+    result = run_module(worker_image.main, vbox_args(lab), calls, diff=True)
+    assert result["built"] and result["changed"], result
+    assert result["_calls"][1]["argv"] == take
     vdir = lab["bdir"] / "20261202.040000"
-    assert json.loads((vdir / "vm.json").read_text()) == {"uuid": uuid, "snapshot": "travis-clean"}
+    assert json.loads((vdir / "vm.json").read_text()) == {"uuid": BASE, "snapshot": "image-20261202.040000"}
     assert json.loads((vdir / "image.json").read_text())["provider"] == "virtualbox"
+    assert result["image"]["built_on"] == "box1"
+    assert (vdir / "private_key").read_bytes() == lab["key"].read_bytes()
     assert os.readlink(lab["bdir"] / "current") == "20261202.040000"
+    assert result["diff"]["before"] == {"current": None, "versions": []}
+    again = run_module(worker_image.main, vbox_args(lab, version=None), [])  # same digest: nothing built
+    assert not again["changed"] and again["version"] == "20261202.040000"
+
+
+def test_publish_virtualbox_refuses_a_running_base_vm(run_module, lab) -> None:
+    result = run_module(worker_image.main, vbox_args(lab), [vbox("showvminfo_base_running")])
+    assert result["failed"] and "halt it first" in result["msg"], result
+    assert not (lab["bdir"] / "20261202.040000" / "image.json").exists()
+
+
+def two_virtualbox_versions(run_module, lab) -> None:
+    """The old version (base VM BASE, one base VM per build as image_publish.yml makes) and a current one."""
+    run_module(worker_image.main, vbox_args(lab, version="20261201.090000", snapshot="image"),
+               [vbox("showvminfo_base_poweroff"), vbox("snapshot_take_image")])  # fmt: skip
+    new = lab["bdir"] / "20261202.041500"
+    new.mkdir()
+    (new / "vm.json").write_text(
+        json.dumps({"uuid": "11111111-2222-4333-8444-555555555555", "snapshot": "image"})
+    )
+    (new / "image.json").write_text(json.dumps({"digest": "ef" * 32, "provider": "virtualbox"}))
+    image_store.set_current(str(lab["bdir"]), "20261202.041500")
+
+
+def test_prune_virtualbox_unregisters_the_old_base_vm(run_module, lab) -> None:
+    two_virtualbox_versions(run_module, lab)
+    args = dict(box=BOX, store=str(lab["store"]), state="pruned", keep=1)
+    reads = [vbox("showvminfo_base_snapshotted"), vbox("showmediuminfo_base_diff"),
+             vbox("showmediuminfo_base_disk_alone")]  # fmt: skip
+    checked = run_module(worker_image.main, args, reads, check_mode=True, diff=True)
+    assert checked["removed"] == ["20261201.090000"] and checked["changed"]
+    assert checked["diff"]["after"]["versions"] == ["20261202.041500"]
+    assert (lab["bdir"] / "20261201.090000" / "image.json").is_file()
+    result = run_module(worker_image.main, args, [*reads, vbox("unregistervm_base")])
+    assert result["_calls"][-1]["argv"] == ["/usr/bin/VBoxManage", "unregistervm", BASE, "--delete"]
+    assert result["removed"] == ["20261201.090000"]
+    assert not (lab["bdir"] / "20261201.090000").exists()
+
+
+def test_prune_virtualbox_keeps_a_version_a_linked_clone_still_uses(run_module, lab) -> None:
+    two_virtualbox_versions(run_module, lab)
+    args = dict(box=BOX, store=str(lab["store"]), state="pruned", keep=1)
+    calls = [vbox("showvminfo_base_snapshotted"), vbox("showmediuminfo_base_diff"),
+             vbox("showmediuminfo_base_disk_linked"), vbox("showmediuminfo_clone_disk")]  # fmt: skip
+    result = run_module(worker_image.main, args, calls)
+    assert result["removed"] == [] and not result["changed"]
+    assert "travis-worker-1" in result["kept"]["20261201.090000"][0]
+    assert any("kept 20261201.090000" in w for w in result["_warnings"])
+    assert (lab["bdir"] / "20261201.090000" / "image.json").is_file()
 
 
 def test_rollback_to_previous_and_to_a_named_version(run_module, lab) -> None:
@@ -338,3 +406,27 @@ def test_publish_refuses_a_digest_the_runner_would_refuse(run_module, lab) -> No
     )
     assert result["failed"] and "64 lower-case hex" in result["msg"]
     assert not lab["store"].exists()
+
+
+def test_prune_virtualbox_deletes_only_the_old_snapshot_of_the_shared_base_vm(run_module, lab) -> None:
+    """image_publish.yml snapshots the same base VM at every build (image-<version>): the old version's
+    snapshot goes, the VM stays (the current version is its other snapshot)."""
+    for version in ("20261201.090000", "20261202.041500"):
+        path = lab["bdir"] / version
+        path.mkdir(parents=True)
+        (path / "vm.json").write_text(json.dumps({"uuid": BASE, "snapshot": f"image-{version}"}))
+        (path / "image.json").write_text(json.dumps({"digest": DIGEST, "provider": "virtualbox"}))
+    image_store.set_current(str(lab["bdir"]), "20261202.041500")
+    args = dict(box=BOX, store=str(lab["store"]), state="pruned", keep=1)
+    calls = [vbox("showvminfo_shared_base"), vbox("showmediuminfo_shared_current"),
+             vbox("showmediuminfo_shared_snap2"), vbox("showmediuminfo_shared_snap1_alone"),
+             vbox("snapshot_delete_old")]  # fmt: skip
+    result = run_module(worker_image.main, args, calls)
+    assert result["_calls"][-1]["argv"] == [
+        "/usr/bin/VBoxManage",
+        "snapshot",
+        BASE,
+        "delete",
+        "image-20261201.090000",
+    ]
+    assert result["removed"] == ["20261201.090000"] and not (lab["bdir"] / "20261201.090000").exists()
