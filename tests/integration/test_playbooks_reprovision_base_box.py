@@ -41,7 +41,8 @@ def image_status(lab: Lab) -> dict:
     current = lab.sh(f"readlink {STORE}/*/current 2>/dev/null || true").strip() or None
     versions = {}
     for path in lab.sh(f"ls -d {STORE}/*/*/image.json 2>/dev/null || true").split():
-        versions[path.split("/")[-2]] = json.loads(lab.sh(f"cat {path}"))
+        if path.split("/")[-2] != "current":  # the glob also follows the `current` link
+            versions[path.split("/")[-2]] = json.loads(lab.sh(f"cat {path}"))
     users = {}
     for line in lab.sh(f"grep -H . {STORE}/*/users/* 2>/dev/null || true").splitlines():
         path, _, version = line.partition(":")
