@@ -254,6 +254,7 @@ class Runner:
                 self.pickup = pickup.measure(
                     bench.redis, lab.box, lab.git_url, lab.commit, self.args.pickup_builds
                 )
+                print(f"  pickup/reset: {json.dumps(self.pickup)}", flush=True)
             for strategy in strategies:
                 extra = []
                 if boxes > 1:
@@ -304,28 +305,36 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg": [round(x, 2) for x in os.getloadavg()],
     }
     runner = Runner(args, ensure_box(), roles, work)
+
+    def write(complete: bool) -> dict[str, Any]:
+        """The JSON so far, written after every lab: a run cut short (time, a failure) keeps its figures."""
+        first_bb = next((r for r in runner.runs if r["strategy"] == "base_box"), None)
+        pick = runner.pickup or {}
+        result = {
+            **head,
+            "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+            "complete": complete,
+            "recipe_s": recipe_seconds(first_bb) if first_bb else None,
+            "reset_p50_s": (pick.get("reset_s") or {}).get("p50"),
+            "pickup_to_start_p50_s": (pick.get("pickup_to_first_cmd_s") or {}).get("p50"),
+            "pickup": runner.pickup,
+            "runs": runner.runs,
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"written {args.out} ({'complete' if complete else 'so far'})", flush=True)
+        return result
+
     for i, n in enumerate(sizes):
         runner.lab(1, n, ["in_place", "base_box"], with_pickup=i == 0 and args.pickup_builds > 0)
+        write(False)
     if args.fleet:
         boxes, vms = (int(x) for x in args.fleet.split("x"))
         runner.lab(1, vms, ["base_box"])  # the one-box reference for the same VMs per box
+        write(False)
         runner.lab(boxes, vms, ["base_box"])
-
-    first_bb = next((r for r in runner.runs if r["strategy"] == "base_box"), None)
-    pick = runner.pickup or {}
-    result = {
-        **head,
-        "loadavg_end": [round(x, 2) for x in os.getloadavg()],
-        "recipe_s": recipe_seconds(first_bb) if first_bb else None,
-        "reset_p50_s": (pick.get("reset_s") or {}).get("p50"),
-        "pickup_to_start_p50_s": (pick.get("pickup_to_first_cmd_s") or {}).get("p50"),
-        "pickup": runner.pickup,
-        "runs": runner.runs,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwritten {args.out}\n")
-    print(table(result))
+    print()
+    print(table(write(True)))
     return 0
 
 
