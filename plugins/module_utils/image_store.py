@@ -19,6 +19,7 @@ as strings (``%Y%m%d.%H%M%S`` names sort by time). Nothing here runs a command; 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -170,3 +171,12 @@ def prune_plan(bdir: str, keep: int) -> tuple[list[str], dict[str, list[str]]]:
         else:
             remove.append(name)
     return remove + [n for n in incomplete(bdir) if n not in remove], kept
+
+
+def sha256_of(path: str) -> str:
+    """sha256 of a file (box files, catalog checksums), read 1 MiB at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1024 * 1024), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -159,7 +159,6 @@ restarted:
 """
 
 import datetime
-import hashlib
 import json
 import os
 import re
@@ -170,6 +169,7 @@ from typing import Any, Optional
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.travis.worker.plugins.module_utils.image_store import sha256_of
 from ansible_collections.travis.worker.plugins.module_utils.vagrant import (
     VagrantError,
     box_directory,
@@ -226,14 +226,6 @@ class ExportError(Exception):
         super().__init__(msg)
         self.msg = msg
         self.extra = extra
-
-
-def sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1024 * 1024), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_metadata(path: str) -> Optional[dict[str, Any]]:

@@ -250,7 +250,6 @@ sha256:
 """
 
 import datetime
-import hashlib
 import json
 import os
 import pwd
@@ -275,14 +274,6 @@ class ImageError(Exception):
         super().__init__(msg)
         self.msg = msg
         self.extra = extra
-
-
-def sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1024 * 1024), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def now_version() -> str:
@@ -628,7 +619,7 @@ class Store:
                 vdir,
             ]
             self.run([*argv, *members], f"archiving {vdir}", f"check free space in {catalog}")
-            checksum = sha256_of(tmp_box)
+            checksum = store_lib.sha256_of(tmp_box)
             size = os.path.getsize(tmp_box)
             os.rename(tmp_box, box_file)
         finally:
@@ -741,7 +732,7 @@ class Store:
                 raise ImageError(
                     f"box {url}: checksum_type {provider.get('checksum_type')} (only sha256 is supported)"
                 )
-            got = sha256_of(box_file)
+            got = store_lib.sha256_of(box_file)
             if provider.get("checksum") and got != provider["checksum"]:
                 raise ImageError(
                     f"box {url}: sha256 {got} does not match the catalog's {provider['checksum']};"
