@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from harness import Spawn, finished, job_json, reports, wait_for, worker_state
+from harness import Spawn, WorkerProc, finished, free_port, job_json, reports, wait_for, worker_state
 from travis_worker.cli import main as cli_main
 from travis_worker.queue import parse_iso
 
@@ -222,3 +222,19 @@ def test_sandbox_failure_at_start_up_marks_errored_and_takes_no_job(
     assert states(client, 1) == []
     assert client.llen(f"resque:processing:{worker.id}") == 0
     assert "sandbox reset failed (start-up" in worker.log()
+
+
+def test_sigterm_while_redis_is_unreachable_stops_at_once(tmp_path: Path) -> None:
+    """A worker started while its Redis is unreachable retries registering, but a stop (systemctl stop or
+    restart, e.g. to give it a corrected Redis URL) ends it at once: it has taken no job. Before, it retried
+    until systemd's stop timeout killed it (found when a box copy's workers kept a gone Redis's URL)."""
+    worker = WorkerProc(tmp_path, f"redis://127.0.0.1:{free_port()}/0", "w1")
+    try:
+        wait_for(lambda: "registering worker" in worker.log(), 20, "the worker to try its Redis")
+        t0 = time.monotonic()
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(15) == 0, worker.log()
+        assert time.monotonic() - t0 < 10, worker.log()
+        assert "stopped before Redis could be reached: no job was taken" in worker.log()
+    finally:
+        worker.stop()

@@ -87,6 +87,7 @@ class Worker:
         self.metrics.start()  # ValueError (exit 78) when the port cannot be bound
         # lifecycle flags (set from signal handlers and threads)
         self.stop_mode: str | None = None  # None | "graceful" | "immediate"
+        self.stop_requested = threading.Event()  # set with stop_mode: ends waits that no job depends on
         self.paused = threading.Event()
         self.threads_stop = threading.Event()
         self.cancel = threading.Event()
@@ -154,6 +155,7 @@ class Worker:
         self.request_stop("graceful" if self._sigint_count == 1 else "immediate")
 
     def request_stop(self, mode: str) -> None:
+        self.stop_requested.set()
         if mode == "immediate":
             self.stop_mode = "immediate"
             self._abort_current("worker stopped immediately (SIGQUIT / second SIGINT)")
@@ -273,7 +275,11 @@ class Worker:
     # -- main loop -----------------------------------------------------------------------------------
     def run(self) -> int:
         self.install_signals()
-        push_with_retry(self.queue.register, f"registering worker {self.id}")
+        # Redis down at start-up: wait for it, but not past a stop (systemctl stop/restart, e.g. to give the
+        # worker a corrected Redis URL): no job is taken yet, so there is nothing to finish.
+        if not push_with_retry(self.queue.register, f"registering worker {self.id}", self.stop_requested):
+            log.info("worker %s stopped before Redis could be reached: no job was taken", self.id)
+            return 0
         self.set_state("idle")
         log.info("worker %s started on queue %s (vm %s)", self.id, self.cfg["queue"], self.vm or "-")
         try:
