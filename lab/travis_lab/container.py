@@ -339,6 +339,89 @@ def create_container(
     return BoxContainer(name=name, ip=ip, ssh_key=key, lxc_path=lxc_path, cache_dir=cache_dir)
 
 
+def stop_container(name: str, *, lxc_path: Path = LXC_PATH, timeout: int = 120) -> None:
+    """Shut `name` down cleanly (its systemd stops its units), killing it after `timeout` s."""
+    check_name(name)
+    subprocess.run(
+        ["lxc-stop", "-n", name, "-P", str(lxc_path), "-t", str(timeout)], capture_output=True, check=False
+    )
+    if container_state(name, lxc_path) != "STOPPED":
+        subprocess.run(["lxc-stop", "-n", name, "-P", str(lxc_path), "-k"], capture_output=True, check=False)
+
+
+def clone_container(
+    name: str,
+    source: str,
+    *,
+    cache_dir: Path | None = None,
+    lxc_path: Path = LXC_PATH,
+    bridge: str = net.BRIDGE,
+    timeout: float = 120,
+) -> BoxContainer:
+    """Create `name` as a full copy of the stopped lab container `source` (its nested VMs and all), with its
+    own hostname, MAC address and machine-id (systemd-networkd's DHCP client id comes from the machine-id:
+    two clones with the same one would get the same address), then start it and wait for its DHCP address
+    and sshd. A full copy, not an overlay snapshot: the nested VMs' overlay upper layers cannot live on an
+    overlayfs."""
+    check_name(name)
+    check_name(source)
+    src = lxc_path / source
+    if container_state(source, lxc_path) != "STOPPED" or not (src / "rootfs").is_dir():
+        raise LabError(
+            "container-clone",
+            f"the source container {source} is not a stopped lab container (state "
+            f"{container_state(source, lxc_path)})",
+            f"stop it first (lxc-stop -n {source}) or build it again",
+        )
+    base = lxc_path / name
+    if base.exists() or container_state(name, lxc_path) != "ABSENT":
+        raise LabError(
+            "container",
+            f"container {name} already exists at {base}",
+            f"pick another name, or `python -m travis_lab down {name}` if the lab made it",
+        )
+    key = lab_keypair(cache_dir)
+    state = State(cache_dir)
+    state.add(name, lxc_path=str(lxc_path), cloned_from=source)
+    t0 = time.monotonic()
+    try:
+        base.mkdir()
+        os.chmod(base, 0o770)
+        rootfs = base / "rootfs"
+        run(
+            ["cp", "-a", "--reflink=auto", str(src / "rootfs"), str(rootfs)],
+            "container-clone",
+            f"free disk under {lxc_path} (a converged box is about 2 GB)",
+        )
+        _seed_rootfs(rootfs, name, key.with_suffix(".pub").read_text())
+        (rootfs / "etc/machine-id").write_text(secrets.token_hex(16) + "\n")
+        mac = "00:16:3e:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
+        arch = next(
+            (line.split("=", 1)[1].strip() for line in (src / "config").read_text().splitlines()
+             if line.startswith("lxc.arch")),
+            "amd64",
+        )  # fmt: skip
+        (base / "config").write_text(
+            CONFIG.format(name=name, arch=arch, rootfs=rootfs, bridge=bridge, mac=mac)
+        )
+        run(
+            ["lxc-start", "-n", name, "-P", str(lxc_path), "-d", "-o", str(base / "start.log"), "-l", "INFO"],
+            "container-start",
+            f"see {base / 'start.log'}",
+        )
+        ip = _wait_ip(name, bridge, lxc_path, timeout)
+        _wait_ssh(name, ip, key, timeout)
+    except BaseException:
+        log.error("cloning %s from %s failed; removing it", name, source)
+        try:
+            destroy_container(name, cache_dir=cache_dir, lxc_path=lxc_path)
+        except Exception as exc:  # keep the original error
+            log.error("cleanup of %s failed too: %s", name, exc)
+        raise
+    log.info("container %s cloned from %s, up at %s in %.1f s", name, source, ip, time.monotonic() - t0)
+    return BoxContainer(name=name, ip=ip, ssh_key=key, lxc_path=lxc_path, cache_dir=cache_dir)
+
+
 def destroy_container(name: str, *, cache_dir: Path | None = None, lxc_path: Path = LXC_PATH) -> None:
     """Stop and remove `name` if (and only if) the lab created it."""
     check_name(name)

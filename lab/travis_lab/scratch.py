@@ -10,6 +10,10 @@ The demo (`travis_lab.demo`) keeps its own, longer-lived state and a CI-app stan
 
 `boxes=2` makes two box containers on the same Redis (a fleet of two worker boxes): both in the inventory, box
 i's worker VMs named `b<i>-worker-N` (VM names are keys of the workers' state in Redis: they must be unique).
+
+`template=NAME` makes the box a full copy of the stopped lab container NAME (a box converged earlier, see
+`container.clone_container`) instead of a fresh one: the playbook tests converge one box with site.yml and
+give each test file a copy, which site.yml then points at the file's own Redis.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from travis_lab.boxbuild import BoxArtifact, host_arch
-from travis_lab.container import BoxContainer, create_container
+from travis_lab.container import BoxContainer, clone_container, create_container
 from travis_lab.demo import ansible_env
 from travis_lab.demo_repo import ensure_demo_repo
 from travis_lab.demo_services import LabState, start_git_daemon, start_redis, stop_recorded
@@ -41,10 +45,19 @@ class ScratchLab:
 
 @contextmanager
 def scratch_lab(
-    prefix: str, box_art: BoxArtifact, work: Path, *, keep: bool = False, boxes: int = 1, **env: str
+    prefix: str,
+    box_art: BoxArtifact,
+    work: Path,
+    *,
+    keep: bool = False,
+    boxes: int = 1,
+    template: str | None = None,
+    **env: str,
 ) -> Iterator[ScratchLab]:
-    """Start the services, create `boxes` containers `<prefix><6 hex>` from `box_art`, yield them; `env` adds
-    variables to ansible-playbook's environment."""
+    """Start the services, create `boxes` containers `<prefix><6 hex>` from `box_art` (or copies of the
+    stopped container `template`), yield them; `env` adds variables to ansible-playbook's environment."""
+    if template is not None and boxes != 1:
+        raise ValueError("a template box has its VMs' names: clone it for one box only (boxes=1)")
     ensure_bridge()
     state = LabState.load(work / "state.json")
     made: list[BoxContainer] = []
@@ -54,7 +67,11 @@ def scratch_lab(
         git = start_git_daemon(state, HOST_ADDR, work / "repos", work)
         lines = ["[worker_boxes]"]
         for i in range(1, boxes + 1):
-            box = create_container(f"{prefix}{secrets.token_hex(3)}", box_art.rootfs, arch=host_arch())
+            name = f"{prefix}{secrets.token_hex(3)}"
+            if template is None:
+                box = create_container(name, box_art.rootfs, arch=host_arch())
+            else:
+                box = clone_container(name, template)
             made.append(box)
             box.trust_host_cas()
             line = box.inventory(group="worker_boxes").splitlines()[1]

@@ -4,14 +4,23 @@ worker VMs, real travis-worker services and a real redis-server on the host's br
 `converged_lab()` converges one box container (site.yml, 2 VMs); the `lab` fixture in conftest.py gives one
 per test file, so the playbook test files run side by side. The tests of a file run in file order and each
 leaves the box serving (all workers active) for the next one.
+
+A first converge from a bare box costs about 350 s of the 2 cores (VMs unpacked, recipes, apt in the box); a
+rerun about 75 s. So the files do not each converge a bare box: `converged_template()` converges one per
+test run (site.yml from the bare box, the path molecule/default also covers) and stops it, and each file's
+lab is a full copy of it on which site.yml runs again, pointed at the file's own Redis (a config change: the
+workers are restarted on it, as on a real box whose worker.yml changed). The first converge itself is not
+weakened: it still runs, once, and must pass for any of these files to start.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import re
 import secrets
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +29,7 @@ from pathlib import Path
 import pytest
 import redis
 from travis_lab.boxbuild import BoxArtifact
+from travis_lab.container import destroy_container, stop_container
 from travis_lab.scratch import ScratchLab, scratch_lab
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,14 +106,56 @@ class Lab(ScratchLab):
         return json.loads(out.stdout) if out.returncode == 0 else None
 
 
-def converged_lab(lab_box: BoxArtifact, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+SITE_ARGS = ("-e", "worker_build_isolation=true", "-e", "worker_pip_source=index")
+
+
+def converged_lab(
+    lab_box: BoxArtifact, tmp_path_factory: pytest.TempPathFactory, template: str | None = None
+) -> Iterator[Lab]:
+    """A converged lab: site.yml on a bare box, or (`template`) again on a copy of a converged one."""
     work = tmp_path_factory.mktemp("twt-playbooks")
-    with scratch_lab("twt-pb-", lab_box, work) as scratch:
+    with scratch_lab("twt-pb-", lab_box, work, template=template) as scratch:
         logs = work / "logs"
         logs.mkdir()
         lab = Lab(**vars(scratch), logs=logs)
-        lab.play("site.yml", "-e", "worker_build_isolation=true", "-e", "worker_pip_source=index")
+        lab.play("site.yml", *SITE_ARGS)
         yield lab
+
+
+def converged_template(lab_box: BoxArtifact, tmp_path_factory: pytest.TempPathFactory, run_id: str) -> str:
+    """The name of a stopped box container converged by site.yml, built once per test run (`run_id`: xdist's
+    testrun_uid, the same in every worker process) by whichever file asks first, under a file lock; the
+    others wait for it. It is removed with the run's other leftovers (`python -m travis_lab down
+    --stale-tests`, which scripts/test runs after the stage) once the process that built it has ended."""
+    lock = Path(tempfile.gettempdir()) / f"twt-template-{run_id}.lock"
+    marker = lock.with_suffix(".json")
+    with lock.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        if not marker.exists():
+            marker.write_text(json.dumps(_build_template(lab_box, tmp_path_factory)))
+        doc = json.loads(marker.read_text())
+    if doc.get("error"):
+        pytest.fail(f"the converged template box could not be built: {doc['error']}", pytrace=False)
+    return doc["name"]
+
+
+def _build_template(lab_box: BoxArtifact, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    work = tmp_path_factory.mktemp("twt-template")
+    name = None
+    try:
+        with scratch_lab("twt-tpl-", lab_box, work, keep=True) as scratch:
+            name = scratch.box.name
+            logs = work / "logs"
+            logs.mkdir()
+            t0 = time.monotonic()
+            Lab(**vars(scratch), logs=logs).play("site.yml", *SITE_ARGS)
+            print(f"template box {name} converged in {time.monotonic() - t0:.0f} s (logs: {logs})")
+            stop_container(name)  # while its Redis still runs: its idle workers stop at once
+        return {"name": name}
+    except (Exception, pytest.fail.Exception) as exc:
+        if name is not None:
+            destroy_container(name)
+        return {"error": str(exc)[-4000:]}
 
 
 def converged_fleet(

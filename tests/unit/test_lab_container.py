@@ -1,11 +1,14 @@
-"""BoxContainer.trust_host_cas: the host's extra CA certificates reach the box container's rootfs."""
+"""BoxContainer.trust_host_cas: the host's extra CA certificates reach the box container's rootfs;
+clone_container refuses a source it must not copy."""
 
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
 
-from travis_lab.container import BoxContainer
+import pytest
+from travis_lab.container import BoxContainer, clone_container
+from travis_lab.errors import LabError
 
 
 class RecordingBox(BoxContainer):
@@ -52,3 +55,12 @@ def test_no_host_cas_changes_nothing(tmp_path: Path) -> None:
     assert box.trust_host_cas(tmp_path / "missing") == []
     assert box.commands == []
     assert not (tmp_path / "lxc").exists()
+
+
+def test_clone_refuses_a_source_that_is_not_a_stopped_lab_container(tmp_path: Path) -> None:
+    """clone_container copies only a stopped container (a running one's files change under the copy); it
+    names the source and says what to do, and creates nothing."""
+    with pytest.raises(LabError) as err:
+        clone_container("twt-pb-abc123", "twt-tpl-000000", lxc_path=tmp_path, cache_dir=tmp_path / "cache")
+    assert "twt-tpl-000000" in str(err.value) and "lxc-stop" in str(err.value), err.value
+    assert not (tmp_path / "twt-pb-abc123").exists()
