@@ -50,6 +50,10 @@ trap 'rm -rf "$work"' EXIT
 v="$work/vbox"
 mkdir -p "$v/sbin" "$v/usr/bin"
 printf '#!/bin/sh\necho "vboxconfig: stand-in of the test repository, no modules built (VirtualBox cannot run here)"\n' > "$v/sbin/vboxconfig"
+# provenance of the stand-in VBoxManage's two answers (VirtualBox 7.1 sources): `list extpacks` with none
+# installed prints "Extension Packs: 0" (VBoxManageList.cpp listExtensionPacks(), RTPrintf "Extension Packs: %u");
+# `--version` has the real shape "<version>r<revision>" (VBoxManage.cpp, RTPrintf "%sr%u" with VBOX_VERSION_STRING
+# and RTBldCfgRevision()), except that the revision "0twt" marks the stand-in; nothing parses it.
 printf '#!/bin/sh\ncase "$1" in --version) echo "%sr0twt";; list) echo "Extension Packs: 0";; *) echo "VBoxManage: stand-in" >&2; exit 1;; esac\n' "$vbox" > "$v/usr/bin/VBoxManage"
 # VBoxSVC stand-in for travis-vboxsvc.service (roles/worker): like VBoxSVC with --inherit-startup-pipe N
 # (src/VBox/Main/src-server/xpcom/server.cpp) it writes READY to fd N once it "serves", then it only idles.

@@ -126,7 +126,7 @@ class Systemctl(CommandRunner):
         props = list(properties)
         if "Id" not in props:
             props.insert(0, "Id")
-        _, out, _ = self.run(
+        _rc, out, _err = self.run(
             ["show", "--property=" + ",".join(props), "--", *units], f"show {', '.join(units)}"
         )
         blocks = parse_show(out)
@@ -174,11 +174,11 @@ class Systemctl(CommandRunner):
         if all_units:
             args.append("--all")
         args.extend(["--", pattern])
-        _, out, _ = self.run(args, f"list units matching {pattern}")
+        _rc, out, _err = self.run(args, f"list units matching {pattern}")
         return parse_list_units(out)
 
     def list_unit_files(self, pattern: str) -> list[dict[str, str]]:
-        _, out, _ = self.run(
+        _rc, out, _err = self.run(
             ["list-unit-files", "--plain", "--no-legend", "--no-pager", "--", pattern],
             f"list unit files matching {pattern}",
         )
@@ -189,5 +189,5 @@ class Systemctl(CommandRunner):
         return self.show([unit], ("Id", "Wants")).get(unit, {}).get("Wants", "").split()
 
     def is_active(self, unit: str) -> bool:
-        rc, _, _ = self.run(["is-active", "--quiet", "--", unit], f"query {unit}", check=False)
+        rc, _out, _err = self.run(["is-active", "--quiet", "--", unit], f"query {unit}", check=False)
         return rc == 0

@@ -258,7 +258,7 @@ def parse_ssh_config(text: str) -> dict:
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        key, _, value = line.partition(" ")
+        key, _sep, value = line.partition(" ")
         value = value.strip().strip('"')
         if key.lower() == "host":
             current = hosts.setdefault(value, {})

@@ -216,28 +216,28 @@ class VBoxManage(CommandRunner):
         return f"VBoxManage failed to {what}: {first} — {remedy}"
 
     def list_vms(self) -> list[VmEntry]:
-        _, out, _ = self.run(["list", "vms"], "list the registered VMs")
+        _rc, out, _err = self.run(["list", "vms"], "list the registered VMs")
         return parse_list_vms(out)
 
     def list_running_vms(self) -> list[VmEntry]:
-        _, out, _ = self.run(["list", "runningvms"], "list the running VMs")
+        _rc, out, _err = self.run(["list", "runningvms"], "list the running VMs")
         return parse_list_vms(out)
 
     def system_properties(self) -> dict[str, str]:
-        _, out, _ = self.run(["list", "systemproperties"], "read the system properties")
+        _rc, out, _err = self.run(["list", "systemproperties"], "read the system properties")
         return parse_system_properties(out)
 
     def default_machine_folder(self) -> Optional[str]:
         return self.system_properties().get("Default machine folder") or None
 
     def show_vm_info(self, vm: str) -> dict[str, str]:
-        _, out, _ = self.run(["showvminfo", vm, "--machinereadable"], f"show VM {vm}")
+        _rc, out, _err = self.run(["showvminfo", vm, "--machinereadable"], f"show VM {vm}")
         return parse_machinereadable(out)
 
     def config_file(self, vm: str) -> Optional[str]:
         """The settings file (``.vbox``) of a VM, also of an inaccessible one (None if unknown)."""
         # check=False: for an inaccessible VM VBoxManage exits 0 and prints the access error on stderr.
-        rc, out, _ = self.run(["showvminfo", vm], f"show VM {vm}", check=False)
+        rc, out, _err = self.run(["showvminfo", vm], f"show VM {vm}", check=False)
         if rc != 0:
             return None
         return config_file_from_human(out)

@@ -56,11 +56,13 @@ options:
         (V(true), C(--provision)) or never (V(false), C(--no-provision)).
       - Unset leaves Vagrant's default (provision on first creation only).
       - Machines already running are never touched by O(state=running).
+      - Refused with any other O(state) (V(provisioned) always provisions).
     type: bool
   parallel:
     description:
       - Bring machines up (and destroy them) in parallel if the provider supports it
         (C(--parallel)/C(--no-parallel)). Unset leaves Vagrant's default.
+      - Only for O(state=running), O(state=provisioned) and O(state=absent); refused with the others.
     type: bool
   timeout:
     description:
@@ -171,6 +173,9 @@ from ansible_collections.travis.worker.plugins.module_utils.vagrant import (
 # VirtualBox VM stopped by an internal error but still holding its session; Vagrant's ForcedHalt powers it
 # off (plugins/providers/virtualbox/action/forced_halt.rb).
 HALTABLE_STATES = frozenset({"running", "saved", "frozen", "paused", "gurumeditation"})
+# Options that only some states use (provision: `vagrant up`/`reload`; parallel: `vagrant up`/`destroy`): set
+# with another state they would be ignored silently, so they are refused.
+STATE_OPTIONS = {"provision": ("running", "reloaded"), "parallel": ("running", "provisioned", "absent")}
 
 
 def is_provisioned(project_dir: str, machine: Machine) -> bool:
@@ -280,6 +285,13 @@ def main() -> None:
         supports_check_mode=True,
     )
     p = module.params
+    for option, states in STATE_OPTIONS.items():
+        if p[option] is not None and p["state"] not in states:
+            module.fail_json(
+                msg=f"{option} is not used with state={p['state']} (only with state={' or '.join(states)}); "
+                f"remove it, or use one of those states",
+                error_kind="bad_arguments",
+            )
     if p["timeout"] < 0:
         module.fail_json(
             msg=f"timeout must be >= 0 seconds (0 means no limit), got {p['timeout']}",

@@ -293,6 +293,8 @@ class VagrantLikeRunner(FakeRunner):
 def test_a_boot_timeout_powers_the_clone_off_deletes_it_and_restores_vagrants_files(tmp_path: Path) -> None:
     store = setup(tmp_path)
     running = recording("showvminfo_clone_poweroff.json")
+    # provenance: showvminfo_clone_poweroff.json (reconstructed, see PROVENANCE.json) with the state a booted
+    # clone has: VBoxManageInfo.cpp machineStateToName(MachineState_Running, fShort) prints "running"
     running_stdout = running[2].replace('VMState="poweroff"', 'VMState="running"')
     runner = VagrantLikeRunner(
         [

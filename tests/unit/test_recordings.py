@@ -6,8 +6,9 @@
   must exist.
 - ``runner/tests/fixtures/<dir>/``: every file has an entry of the same shape in the directory's
   ``PROVENANCE.json`` (and every entry names a file that exists).
-- Inline recordings in test code (machine-readable vagrant lines, ``systemctl show`` properties, VBoxManage
-  error details or progress) need the word "provenance" within the lines above them.
+- Inline recordings in test code (machine-readable vagrant lines, ``systemctl show`` properties, any
+  ``VBoxManage: error:`` line, a ``VMState=`` value, VBoxManage progress) need the word "provenance" within
+  the lines above them.
 docs/recordings.md describes the recordings and how to re-make them.
 """
 
@@ -32,7 +33,8 @@ INLINE_MARKERS = re.compile(
     r"\b\d{10},[^,\n\"]*,(?:ui|metadata|action|state|state-human-short|error-exit|box-name|box-provider|"
     r"box-version|provider-name),"
     r"|\b(?:MainPID|ActiveState|LoadState|SubState|UnitFileState)="
-    r"|VBoxManage: error: (?:Details|Context):"
+    r"|VBoxManage: error: "
+    r"|\bVMState=\\?\""
     r"|0%\.\.\.10%"
 )
 LOOKBACK = 12
@@ -122,6 +124,11 @@ def test_inline_detector_finds_an_unmarked_recording(tmp_path: Path) -> None:
     assert inline_hits(sample) == [1]
     sample.write_text('# provenance: captured, vagrant 2.3.4\nOUT = "1700000000,worker-1,state,running\\n"\n')
     assert inline_hits(sample) == []
+    # a VBoxManage error line of any kind, and a machine state, are recordings too
+    sample.write_text("ERR = \"VBoxManage: error: Machine 'x' is not currently running.\"\n")
+    assert inline_hits(sample) == [1]
+    sample.write_text("OUT = stdout.replace('VMState=\"poweroff\"', 'VMState=\"running\"')\n")
+    assert inline_hits(sample) == [1]
 
 
 def test_provenance_check_rejects_incomplete_objects() -> None:

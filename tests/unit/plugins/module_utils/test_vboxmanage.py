@@ -126,6 +126,7 @@ def test_rc0_with_error_on_stderr_is_a_failure() -> None:
     with pytest.raises(vbm.VBoxManageError) as info:
         vbm.VBoxManage(module).run(["showvminfo", U3], f"show VM {U3}")
     assert info.value.rc == 0
+    # provenance: the expected text is the first stderr line of showvminfo_inaccessible_human.json
     assert info.value.message.startswith(
         f"VBoxManage failed to show VM {U3}: VBoxManage: error: Could not find file"
     )
@@ -140,6 +141,7 @@ def test_failure_headline_is_the_error_line_not_the_progress_line() -> None:
     error = recorded("vboxmanage/unregistervm_locked")["stderr"]
     assert progress.startswith("0%...")
     message = vbm.VBoxManage._explain("unregister VM x", progress + error)
+    # provenance: the expected text is the first stderr line of unregistervm_locked.json
     assert message.startswith(
         "VBoxManage failed to unregister VM x: "
         "VBoxManage: error: Cannot unregister the machine 'travis-worker-1'"

@@ -407,3 +407,16 @@ def test_halted_powers_off_a_vm_in_guru_meditation(run_module, project):
 def test_negative_timeout_is_refused(run_module, project):
     result = run_module(vagrant_vm.main, {"project_dir": str(project), "timeout": -5}, [])
     assert result["failed"] is True and "timeout must be >= 0" in result["msg"]
+
+
+@pytest.mark.parametrize(
+    ("state", "option"),
+    [("halted", "provision"), ("absent", "provision"), ("provisioned", "provision"), ("halted", "parallel")],
+)
+def test_an_option_the_state_does_not_use_is_refused(run_module, project, state, option):
+    """provision acts on up/reload, parallel on up/destroy only: with another state they were ignored."""
+    args = {"project_dir": str(project), "state": state, option: False}
+    result = run_module(vagrant_vm.main, args, [])  # no vagrant call may run
+    assert result["failed"] is True
+    assert result["msg"].startswith(f"{option} is not used with state={state}")
+    assert result["error_kind"] == "bad_arguments"

@@ -194,6 +194,10 @@ def test_unregister_other_errors_are_not_retried(run_module, env, sleeps) -> Non
         *inventory(env["folder"]),
         vb("unregistervm_ok", env["folder"], rc=1),
     ]
+    # provenance: reconstructed, VBoxManage 7.0 `unregistervm` of a UUID VirtualBox no longer knows (first
+    # line only, exit 1): VBoxManageMisc.cpp handleUnregisterVM() CHECK_ERROR on FindMachine, whose error
+    # text is src/VBox/Main/src-server/VirtualBoxImpl.cpp findMachine() "Could not find a registered machine
+    # with UUID {%RTuuid}" (VBOX_E_OBJECT_NOT_FOUND)
     calls[-1].stderr = "VBoxManage: error: Could not find a registered machine with UUID {" + U2 + "}\n"
     result = run_module(virtualbox_env.main, args(env, state="clean"), calls)
     assert result["failed"] is True and sleeps == []
