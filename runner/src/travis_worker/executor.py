@@ -112,7 +112,9 @@ def _session_prefix() -> Optional[list[str]]:
     return None
 
 
-def spawn_in_pty(argv: list[str], *, cwd: Optional[str], env: dict[str, str]) -> tuple[subprocess.Popen, int]:
+def spawn_in_pty(
+    argv: list[str], *, cwd: Optional[str], env: dict[str, str], pass_fds: tuple[int, ...] = ()
+) -> tuple[subprocess.Popen, int]:
     """Start ``argv`` as a session leader with a PTY as its stdio; return (proc, PTY master).
 
     The process group id of the build is ``proc.pid``. The process must be spawned from the thread
@@ -132,6 +134,7 @@ def spawn_in_pty(argv: list[str], *, cwd: Optional[str], env: dict[str, str]) ->
             stderr=slave,
             start_new_session=prefix is None,
             close_fds=True,
+            pass_fds=pass_fds,
         )
     except BaseException:
         os.close(master)

@@ -620,6 +620,9 @@ class Worker:
             )
         self.threads_stop.set()
         self.sender.stop()
+        close = getattr(self.executor, "close", None)  # e.g. the local build process spawned ahead
+        if close is not None:
+            close()
         for thread in threads:
             thread.join(timeout=2)
         try:
