@@ -272,3 +272,24 @@ def test_log_parts_of_every_job_go_through_one_long_lived_thread(
         numbers = [p["number"] for p in parts if not p["final"]]
         assert len(numbers) >= 2, parts  # "first" flushed during the sleep, "second" after it
         assert numbers == list(range(1, len(numbers) + 1))
+
+
+def test_the_report_tail_is_delivered_before_the_reset_after_the_build(
+    client: redis.Redis, run_worker: Callable, tmp_path: Path, repo: tuple[str, str]
+) -> None:
+    """Issue #10 round 3: the reset after a build (for `local`: spawning the next build's process) waits for
+    the sender to deliver the job's `finished` report (up to TAIL_WAIT), so the two do not compete."""
+    seen: list[list[int]] = []
+
+    class Watching(Recording):
+        def prepare(self) -> None:
+            seen.append(sorted(finished(client)))
+            super().prepare()
+
+    executor = Watching(tmp_path / "builds")
+    run_worker(executor)
+    wait_for(lambda: len(seen) == 1, 10, "the start-up reset")
+    for job in (1, 2, 3):
+        push(client, job_json(job, repo, "true"))
+        wait_for(lambda job=job: len(seen) == job + 1, 30, f"the reset after build {job}")
+    assert seen == [[], [1], [1, 2], [1, 2, 3]]

@@ -39,6 +39,9 @@ TAKE_TIMEOUT = 1.0  # seconds BLMOVE blocks before the loop looks at stop/pause 
 DEAD_AFTER_BEATS = 5  # a worker whose heartbeat is older than this many intervals is dead
 REAP_EVERY_BEATS = 3
 DRAIN_ON_EXIT = 5.0  # seconds to wait for the outbox to empty at exit (what is left stays in Redis)
+# seconds the worker waits, after a job, for the sender to deliver the job's last reports (`finished`) before
+# it resets the sandbox (docs/runner.md, "Benchmark"); a slow or unreachable app costs at most this per job
+TAIL_WAIT = 0.05
 SWITCH_CHECK = 2.0  # seconds between an idle worker's looks at the image store's `current` (one readlink)
 
 
@@ -523,6 +526,7 @@ class Worker:
             self.current_job = None
             self.sender.notify()
         if not self.clean and self.stop_mode is None:  # stopping: the next start-up resets it
+            self.sender.wait_idle(TAIL_WAIT)  # the report tail first: the reset would compete with it
             self.reset_sandbox(f"after job {job.id}")
 
     def _execute(self, job: Job, stream: LogStream, taken_at: float) -> Any:
