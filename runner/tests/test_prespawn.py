@@ -123,3 +123,23 @@ def test_the_process_spawned_ahead_dies_with_the_worker_on_kill_9(tmp_path: Path
         worker.kill()
         worker.wait(5)
     assert not pid_alive(pid, wait=3), "the build process spawned ahead outlived its worker"
+
+
+def test_on_start_is_called_once_the_build_has_its_script(tmp_path: Path) -> None:
+    """The worker wakes its report sender from on_start: after the hand-over, never before it."""
+    from travis_worker.executor_local import owner_name
+
+    executor = LocalExecutor(work_root=str(tmp_path))
+    for spawned_ahead in (True, False):
+        if spawned_ahead:
+            executor.prepare()
+        seen: list[list[str]] = []
+
+        def on_start(seen: list[list[str]] = seen) -> None:
+            seen.append([p.name for p in (tmp_path / owner_name()).glob("travis-worker-job-*/build.sh")])
+
+        out = Recorder()
+        result = executor.run("echo ran", out, threading.Event(), ROOMY, on_start=on_start)
+        assert result.state == "passed", out.text
+        assert seen == [["build.sh"]], spawned_ahead
+    executor.close()

@@ -67,7 +67,11 @@ class Executor(Protocol):
         on_output: Callable[[bytes], None],
         cancel: threading.Event,
         limits: Limits,
-    ) -> BuildResult: ...
+        on_start: Optional[Callable[[], None]] = None,
+    ) -> BuildResult:
+        """Run ``script``; ``on_start`` is called once the build is under way (local: its process has the
+        script; Vagrant: before the upload, whose SSH round trips take far longer than a report)."""
+        ...
 
 
 def result_for_exit(code: int) -> BuildResult:

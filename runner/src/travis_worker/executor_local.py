@@ -208,6 +208,7 @@ class LocalExecutor:
         on_output: Callable[[bytes], None],
         cancel: threading.Event,
         limits: Limits,
+        on_start: Optional[Callable[[], None]] = None,
     ) -> BuildResult:
         job_dir = tempfile.mkdtemp(prefix="travis-worker-job-", dir=self._owner_dir())
         try:
@@ -227,6 +228,8 @@ class LocalExecutor:
                     cwd=job_dir,
                     env=self._environment(job_dir),
                 )
+            if on_start is not None:
+                on_start()
             return stream_process(proc, master, on_output, cancel, limits)
         finally:
             # Removed in the background (a clone takes 20-40 ms to delete on a busy host): the result is

@@ -486,7 +486,8 @@ class Worker:
                 started = state_entry(job.id, "started", self.id, attempt)
                 push_with_retry(lambda: self.r.rpush(outbox, started), "queueing the started report")
             self.clean = False  # from here on the build may touch the VM: reset after it
-            self.sender.notify()
+            # the sender delivers `received` and `started` once the build is under way (executor's on_start):
+            # woken now, its HTTP requests would compete with the hand-over of the script for the GIL
             stream = LogStream(
                 self.r,
                 self.keys,
@@ -554,7 +555,7 @@ class Worker:
                     )
                 stream.write(data)
 
-            return self.executor.run(script, write, self.cancel, limits)
+            return self.executor.run(script, write, self.cancel, limits, on_start=self.sender.notify)
         except Exception as exc:  # the worker must survive whatever a build does
             log.exception("job %s: the executor failed", job.id)
             stream.write(f"\r\nThe worker could not run this job: {exc}\r\n".encode())
