@@ -71,7 +71,6 @@ class Executor(Protocol):
     ) -> BuildResult:
         """Run ``script``; ``on_start`` is called once the build is under way (local: its process has the
         script; Vagrant: before the upload, whose SSH round trips take far longer than a report)."""
-        ...
 
 
 def result_for_exit(code: int) -> BuildResult:
