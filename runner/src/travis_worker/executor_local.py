@@ -221,7 +221,7 @@ class LocalExecutor:
                 proc, master = waiting.proc, waiting.master
             else:  # none spawned ahead (run without prepare), or it died: spawn one now
                 if waiting is not None:
-                    log.warning("the build process spawned ahead was gone; spawning a new one")
+                    log.warning("the build process spawned ahead is gone (or another thread's); spawning one")
                     waiting.close()
                 proc, master = spawn_in_pty(
                     [self.bash, "--noprofile", "--norc", script_path],
