@@ -1,12 +1,13 @@
 """Where a real job's time goes in the runner: timestamps per phase of one in-process worker.
 
-    .venv/bin/python bench/runner/phases.py [--jobs 40] [--warmup 3]
+    .venv/bin/python bench/runner/phases.py [--jobs 40] [--warmup 3] [--src runner/src]
 
 The same job as the benchmark's real jobs (bench.py): `local` executor, `http` reporter delivering to
 lab/travis_lab/ciapp.py in this process, `script: true` from a local git repository, one job at a time on a
 private redis-server. The worker's own code runs unchanged; its steps are wrapped to record the time each one
 returns (the main loop is driven here: take, handle, as `Worker._loop` does). Prints, per phase, the median
 and p90 of the time since the previous phase, in ms, from the moment the job was pushed to the queue.
+``--src`` measures another checkout's runner (e.g. ``git archive`` of an older commit) with this harness.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT / "runner" / "src"), str(ROOT / "lab"), str(Path(__file__).parent)]
+_ARGV = sys.argv[:-1]
+_SRC = next((sys.argv[i + 1] for i, a in enumerate(_ARGV) if a == "--src"), str(ROOT / "runner" / "src"))
+sys.path[:0] = [_SRC, str(ROOT / "lab"), str(Path(__file__).parent)]
 
 from travis_lab.ciapp import CIApp  # noqa: E402
 from travis_worker import executor_local, worker  # noqa: E402
@@ -57,6 +60,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--src", default=_SRC, help="the runner's source (default: this checkout's)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="twt-phases-"))
     port = free_port()
@@ -108,6 +112,8 @@ def main() -> int:
         stamps.wrap(worker, "LogStream", "LogStream()")
         stamps.wrap(worker, "build_script")
         stamps.wrap(executor_local, "spawn_in_pty", "script spawned")
+        if hasattr(executor_local, "Waiting"):  # round 3: spawned ahead in prepare(), a job only hands over
+            stamps.wrap(executor_local.Waiting, "start", "script handed to the waiting shell")
         stamps.wrap(executor_local, "stream_process", "script exited")
         w.queue.register()
         w.sender.start()

@@ -218,8 +218,10 @@ def test_make_executor() -> None:
         make_executor("lxc", project_dir=None, vm_name="worker-1")
 
 
-def test_build_dies_with_the_worker_even_on_kill_9(tmp_path: Path) -> None:
-    """A worker killed with SIGKILL mid-job must not leave its build running to the end."""
+@pytest.mark.parametrize("spawned_ahead", [False, True], ids=["spawned-on-the-spot", "spawned-ahead"])
+def test_build_dies_with_the_worker_even_on_kill_9(tmp_path: Path, spawned_ahead: bool) -> None:
+    """A worker killed with SIGKILL mid-job must not leave its build running to the end (also a build whose
+    process prepare() spawned ahead)."""
     marker = tmp_path / "finished"
     started = tmp_path / "started"
     code = (
@@ -227,7 +229,9 @@ def test_build_dies_with_the_worker_even_on_kill_9(tmp_path: Path) -> None:
         "from travis_worker.executor import Limits\n"
         "from travis_worker.executor_local import LocalExecutor\n"
         f"script = \"trap '' HUP; touch {started}; sleep 2; touch {marker}\"\n"
-        "LocalExecutor().run(script, lambda b: None, threading.Event(), Limits(60, 60, 10**6))\n"
+        "e = LocalExecutor()\n"
+        f"if {spawned_ahead}: e.prepare(); assert e.waiting is not None\n"
+        "e.run(script, lambda b: None, threading.Event(), Limits(60, 60, 10**6))\n"
     )
     worker = subprocess.Popen([sys.executable, "-c", code])
     deadline = time.monotonic() + 10

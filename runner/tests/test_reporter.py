@@ -77,6 +77,33 @@ def test_http_transport_retries_through_refusals_in_order(client: redis.Redis) -
         app.stop()
 
 
+def test_wait_idle_returns_once_what_was_queued_is_delivered_and_is_bounded(client: redis.Redis) -> None:
+    """The worker waits for a job's report tail before its sandbox reset: wait_idle() is True once the
+    entries queued before notify() were delivered, and gives up after its timeout while the app refuses."""
+    app = CIApp(username="u", token="t").start()
+    outbox = K.outbox(WID)
+    sender = Sender(client, K, WID, HttpTransport(app.url, "u", "t", timeout=2))
+    try:
+        sender.start()
+        wait_for(sender.idle.is_set, 10, "an idle sender (empty outbox)")
+        client.rpush(
+            outbox, *[log_entry(3, n, f"part {n}") for n in range(1, 4)], state_entry(3, "finished", WID)
+        )
+        sender.notify()
+        assert sender.wait_idle(10)
+        assert client.llen(outbox) == 0
+        assert [r.body.get("state") or r.body["number"] for r in app.accepted()] == [1, 2, 3, "finished"]
+        app.refuse(True)
+        client.rpush(outbox, state_entry(4, "received", WID))
+        sender.notify()
+        assert not sender.wait_idle(0.3), "idle although the app refused the report"
+        assert client.llen(outbox) == 1
+    finally:
+        sender.stop()
+        sender.join(5)
+        app.stop()
+
+
 def test_http_permanent_refusal_is_dropped_not_retried_forever(client: redis.Redis) -> None:
     app = CIApp(username="u", token="t").start()
     outbox = K.outbox(WID)

@@ -54,9 +54,9 @@ class Recording:
         if self.due:  # the switch the idle worker asked for
             self.due, self.image = False, IMAGE
 
-    def run(self, *args: Any) -> Any:
+    def run(self, *args: Any, **kwargs: Any) -> Any:
         self.events.append(("run", time.monotonic()))
-        return self.inner.run(*args)
+        return self.inner.run(*args, **kwargs)
 
     def switch_due(self) -> bool:
         return self.due
@@ -226,9 +226,9 @@ def test_a_clean_sandbox_job_costs_one_redis_round_trip_between_pickup_and_build
     sent_at_run: list[int] = []
     run = executor.run
 
-    def counting_run(*args: Any) -> Any:
+    def counting_run(*args: Any, **kwargs: Any) -> Any:
         sent_at_run.append(len(sends))
-        return run(*args)
+        return run(*args, **kwargs)
 
     executor.run = counting_run  # type: ignore[method-assign]
     worker, thread = run_worker(executor)
@@ -272,3 +272,46 @@ def test_log_parts_of_every_job_go_through_one_long_lived_thread(
         numbers = [p["number"] for p in parts if not p["final"]]
         assert len(numbers) >= 2, parts  # "first" flushed during the sleep, "second" after it
         assert numbers == list(range(1, len(numbers) + 1))
+
+
+def test_the_report_tail_is_delivered_before_the_reset_after_the_build(
+    client: redis.Redis, run_worker: Callable, tmp_path: Path, repo: tuple[str, str]
+) -> None:
+    """Issue #10 round 3: the reset after a build (for `local`: spawning the next build's process) waits for
+    the sender to deliver the job's `finished` report (up to TAIL_WAIT), so the two do not compete."""
+    seen: list[list[int]] = []
+
+    class Watching(Recording):
+        def prepare(self) -> None:
+            seen.append(sorted(finished(client)))
+            super().prepare()
+
+    executor = Watching(tmp_path / "builds")
+    run_worker(executor)
+    wait_for(lambda: len(seen) == 1, 10, "the start-up reset")
+    for job in (1, 2, 3):
+        push(client, job_json(job, repo, "true"))
+        wait_for(lambda job=job: len(seen) == job + 1, 30, f"the reset after build {job}")
+    assert seen == [[], [1], [1, 2], [1, 2, 3]]
+
+
+def test_the_sender_is_woken_only_once_the_build_has_its_script(
+    client: redis.Redis, run_worker: Callable, tmp_path: Path, repo: tuple[str, str]
+) -> None:
+    """Issue #10 round 3: between taking a job and handing its script to the build's process the worker
+    does not wake the report sender (its HTTP requests would compete for the GIL); on_start does."""
+    executor = Recording(tmp_path / "builds")
+    worker, _ = run_worker(executor)
+    wait_for(lambda: executor.kinds() == ["prepare"], 10, "the start-up reset")
+    notify = worker.sender.notify
+
+    def recorded() -> None:
+        executor.events.append(("notify", time.monotonic()))
+        notify()
+
+    worker.sender.notify = recorded  # type: ignore[method-assign]
+    push(client, job_json(1, repo, "true"))
+    wait_for(lambda: 1 in finished(client), 30, "the build")
+    kinds = executor.kinds()
+    assert kinds[:2] == ["prepare", "run"], kinds
+    assert "notify" in kinds[2:], kinds

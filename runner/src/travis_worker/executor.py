@@ -67,7 +67,10 @@ class Executor(Protocol):
         on_output: Callable[[bytes], None],
         cancel: threading.Event,
         limits: Limits,
-    ) -> BuildResult: ...
+        on_start: Optional[Callable[[], None]] = None,
+    ) -> BuildResult:
+        """Run ``script``; ``on_start`` is called once the build is under way (local: its process has the
+        script; Vagrant: before the upload, whose SSH round trips take far longer than a report)."""
 
 
 def result_for_exit(code: int) -> BuildResult:
@@ -112,7 +115,9 @@ def _session_prefix() -> Optional[list[str]]:
     return None
 
 
-def spawn_in_pty(argv: list[str], *, cwd: Optional[str], env: dict[str, str]) -> tuple[subprocess.Popen, int]:
+def spawn_in_pty(
+    argv: list[str], *, cwd: Optional[str], env: dict[str, str], pass_fds: tuple[int, ...] = ()
+) -> tuple[subprocess.Popen, int]:
     """Start ``argv`` as a session leader with a PTY as its stdio; return (proc, PTY master).
 
     The process group id of the build is ``proc.pid``. The process must be spawned from the thread
@@ -132,6 +137,7 @@ def spawn_in_pty(argv: list[str], *, cwd: Optional[str], env: dict[str, str]) ->
             stderr=slave,
             start_new_session=prefix is None,
             close_fds=True,
+            pass_fds=pass_fds,
         )
     except BaseException:
         os.close(master)

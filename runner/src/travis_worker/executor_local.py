@@ -1,5 +1,9 @@
 """The ``local`` executor: the build script runs with bash in a fresh directory on this host.
 
+The build's process (PTY + ``setpriv --pdeathsig KILL setsid --ctty bash``) is spawned ahead, in
+:meth:`LocalExecutor.prepare` (after each build and at start-up, off the pickup path): it waits on a pipe,
+and a job only writes its directory's path there (see :class:`Waiting`).
+
 Build directories live under one root (``build_root``, default ``<TMPDIR>/travis-worker-builds``), in a
 directory per worker process named ``<host>_<pid>_<start time in clock ticks>``; a worker killed with
 ``kill -9`` leaves its build there, and the next worker that starts on the host removes it.
@@ -13,6 +17,7 @@ import os
 import shutil
 import socket
 import stat
+import subprocess
 import tempfile
 import threading
 from typing import Any, Callable, Optional
@@ -67,12 +72,73 @@ def remove_tree(path: str) -> None:
     shutil.rmtree(path, onerror=retry_writable)
 
 
+# The waiting shell: reads the job directory from its pipe, closes the pipe, takes the directory as its
+# cwd, HOME and TMPDIR (what a freshly spawned build gets) and runs the build script in this same process.
+# EOF or an empty line (the worker gone or closing) ends it with 70 before anything runs.
+_WAIT = (
+    'IFS= read -r _tw_dir <&{fd} && [ -n "$_tw_dir" ] || exit 70; exec {fd}<&-; '
+    'cd -- "$_tw_dir" || exit 70; unset OLDPWD; export HOME="$_tw_dir" TMPDIR="$_tw_dir"; '
+    "unset _tw_dir; . ./build.sh"
+)
+
+
+class Waiting:
+    """A build process spawned ahead: session leader on its own PTY, blocked on reading a pipe.
+
+    Spawned by the thread that later runs the build (the parent-death signal follows the spawning thread),
+    so it dies with the worker, even on ``kill -9``."""
+
+    def __init__(self, bash: str, owner_dir: str, env: dict[str, str]) -> None:
+        read_end, self.go = os.pipe()
+        try:
+            os.set_inheritable(read_end, True)
+            self.proc, self.master = spawn_in_pty(
+                [bash, "--noprofile", "--norc", "-c", _WAIT.format(fd=read_end)],
+                cwd=owner_dir,
+                env=env,
+                pass_fds=(read_end,),
+            )
+        except BaseException:
+            os.close(self.go)
+            raise
+        finally:
+            os.close(read_end)
+        self.thread = threading.get_ident()
+
+    def usable(self) -> bool:
+        """Alive, and spawned by the calling thread."""
+        return self.thread == threading.get_ident() and self.proc.poll() is None
+
+    def start(self, job_dir: str) -> bool:
+        """Hand the job directory over (its build.sh written); False if the process is gone."""
+        go, self.go = self.go, -1
+        try:
+            os.write(go, job_dir.encode() + b"\n")  # far below PIPE_BUF: one atomic write
+        except OSError:
+            return False
+        finally:
+            os.close(go)
+        return True
+
+    def close(self) -> None:
+        """End it unused (worker stopping): EOF on its pipe, then SIGKILL; its PTY closed."""
+        if self.go >= 0:
+            os.close(self.go)
+            self.go = -1
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=5)
+        os.close(self.master)
+
+
 class LocalExecutor:
     """Runs each job in ``<build_root>/<owner>/travis-worker-job-XXXX`` (removed afterwards) as this user."""
 
     def __init__(self, *, work_root: Optional[str] = None, bash: str = "bash") -> None:
         self.work_root = work_root
         self.bash = bash
+        self.waiting: Optional[Waiting] = None  # the next build's process, spawned by prepare()
 
     @property
     def root(self) -> str:
@@ -101,6 +167,20 @@ class LocalExecutor:
             raise SandboxError(
                 f"local executor: cannot create job directories in {self.root!r} (not writable)"
             )
+        if self.waiting is not None and not self.waiting.usable():
+            self.close()
+        if self.waiting is None:
+            owner = self._owner_dir()
+            try:
+                self.waiting = Waiting(self.bash, owner, self._environment(owner))
+            except OSError as exc:
+                raise SandboxError(f"local executor: cannot start the build's shell: {exc}") from None
+
+    def close(self) -> None:
+        """Stop the build process spawned ahead, if any (the worker is stopping)."""
+        waiting, self.waiting = self.waiting, None
+        if waiting is not None:
+            waiting.close()
 
     def remove_stale_builds(self) -> list[str]:
         """Remove the build directories of dead worker processes of this host; returns their names."""
@@ -128,6 +208,7 @@ class LocalExecutor:
         on_output: Callable[[bytes], None],
         cancel: threading.Event,
         limits: Limits,
+        on_start: Optional[Callable[[], None]] = None,
     ) -> BuildResult:
         job_dir = tempfile.mkdtemp(prefix="travis-worker-job-", dir=self._owner_dir())
         try:
@@ -135,9 +216,20 @@ class LocalExecutor:
             with open(script_path, "w", encoding="utf-8") as handle:
                 handle.write(script)
             log.debug("running %s in %s", script_path, job_dir)
-            proc, master = spawn_in_pty(
-                [self.bash, "--noprofile", "--norc", script_path], cwd=job_dir, env=self._environment(job_dir)
-            )
+            waiting, self.waiting = self.waiting, None
+            if waiting is not None and waiting.usable() and waiting.start(job_dir):
+                proc, master = waiting.proc, waiting.master
+            else:  # none spawned ahead (run without prepare), or it died: spawn one now
+                if waiting is not None:
+                    log.warning("the build process spawned ahead is gone (or another thread's); spawning one")
+                    waiting.close()
+                proc, master = spawn_in_pty(
+                    [self.bash, "--noprofile", "--norc", script_path],
+                    cwd=job_dir,
+                    env=self._environment(job_dir),
+                )
+            if on_start is not None:
+                on_start()
             return stream_process(proc, master, on_output, cancel, limits)
         finally:
             # Removed in the background (a clone takes 20-40 ms to delete on a busy host): the result is

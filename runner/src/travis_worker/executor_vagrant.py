@@ -596,7 +596,10 @@ class VagrantExecutor:
         on_output: Callable[[bytes], None],
         cancel: threading.Event,
         limits: Limits,
+        on_start: Optional[Callable[[], None]] = None,
     ) -> BuildResult:
+        if on_start is not None:  # the upload's SSH round trips are slow: no reason to hold anything back
+            on_start()
         try:
             if self._ssh_config is None:
                 self._load_ssh_config()

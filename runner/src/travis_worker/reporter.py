@@ -241,6 +241,9 @@ class Sender(threading.Thread):
         self.transport = transport
         self.wake = threading.Event()
         self.stopping = threading.Event()
+        # set when the sender found the outbox empty and nothing was queued since: a hint for wait_idle(),
+        # never a guarantee (a notify() racing with the check may leave it set for a moment)
+        self.idle = threading.Event()
 
     def run(self) -> None:
         backoff = BACKOFF_START
@@ -250,6 +253,8 @@ class Sender(threading.Thread):
                 if self._send_batch():
                     backoff = BACKOFF_START
                     continue
+                if not self.wake.is_set():
+                    self.idle.set()
                 self.wake.wait(1.0)
             except (redis.RedisError, DeliveryError) as exc:
                 log.warning("report delivery failed (%s); retrying in %.1fs", exc, backoff)
@@ -282,7 +287,14 @@ class Sender(threading.Thread):
         return True
 
     def notify(self) -> None:
+        self.idle.clear()
         self.wake.set()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s until everything queued so far was delivered (True), without a Redis
+        round trip: the worker lets the sender deliver a job's report tail before it starts the sandbox reset,
+        which would compete with it for the CPUs and the GIL."""
+        return self.idle.wait(timeout)
 
     def drain(self, timeout: float) -> bool:
         """Wait until the outbox is empty (True) or timeout (False)."""

@@ -39,6 +39,9 @@ TAKE_TIMEOUT = 1.0  # seconds BLMOVE blocks before the loop looks at stop/pause 
 DEAD_AFTER_BEATS = 5  # a worker whose heartbeat is older than this many intervals is dead
 REAP_EVERY_BEATS = 3
 DRAIN_ON_EXIT = 5.0  # seconds to wait for the outbox to empty at exit (what is left stays in Redis)
+# seconds the worker waits, after a job, for the sender to deliver the job's last reports (`finished`) before
+# it resets the sandbox (docs/runner.md, "Benchmark"); a slow or unreachable app costs at most this per job
+TAIL_WAIT = 0.05
 SWITCH_CHECK = 2.0  # seconds between an idle worker's looks at the image store's `current` (one readlink)
 
 
@@ -489,7 +492,8 @@ class Worker:
                 started = state_entry(job.id, "started", self.id, attempt)
                 push_with_retry(lambda: self.r.rpush(outbox, started), "queueing the started report")
             self.clean = False  # from here on the build may touch the VM: reset after it
-            self.sender.notify()
+            # the sender delivers `received` and `started` once the build is under way (executor's on_start):
+            # woken now, its HTTP requests would compete with the hand-over of the script for the GIL
             stream = LogStream(
                 self.r,
                 self.keys,
@@ -529,6 +533,7 @@ class Worker:
             self.current_job = None
             self.sender.notify()
         if not self.clean and self.stop_mode is None:  # stopping: the next start-up resets it
+            self.sender.wait_idle(TAIL_WAIT)  # the report tail first: the reset would compete with it
             self.reset_sandbox(f"after job {job.id}")
 
     def _execute(self, job: Job, stream: LogStream, taken_at: float) -> Any:
@@ -556,7 +561,7 @@ class Worker:
                     )
                 stream.write(data)
 
-            return self.executor.run(script, write, self.cancel, limits)
+            return self.executor.run(script, write, self.cancel, limits, on_start=self.sender.notify)
         except Exception as exc:  # the worker must survive whatever a build does
             log.exception("job %s: the executor failed", job.id)
             stream.write(f"\r\nThe worker could not run this job: {exc}\r\n".encode())
@@ -626,6 +631,9 @@ class Worker:
             )
         self.threads_stop.set()
         self.sender.stop()
+        close = getattr(self.executor, "close", None)  # e.g. the local build process spawned ahead
+        if close is not None:
+            close()
         for thread in threads:
             thread.join(timeout=2)
         try:
