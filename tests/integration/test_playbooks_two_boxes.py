@@ -22,9 +22,9 @@ from travis_lab.container import BoxContainer
 # ran 1200 s at load average 8-11: the budget of the base_box file's tests, not the default 1800 s.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(3600)]
 
-# per box: one shows what the file is about (two boxes, one Redis, one catalog, every VM switched); each more
-# VM costs its unpack and recipes (~90 s of the CI's 2 cores) per box. The benchmark (bench/reprovision/run.py)
-# uses 3.
+# per box: one shows what the file is about (two boxes, one Redis, one catalog, every VM switched); each
+# more VM costs its unpack and recipes (~90 s of the CI's 2 cores) per box. The benchmark
+# (bench/reprovision/run.py) uses 3.
 VMS = 1
 IMAGE_STORE = "/var/lib/travis-worker/images"
 
