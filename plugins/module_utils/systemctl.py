@@ -140,6 +140,12 @@ class Systemctl(CommandRunner):
     def start(self, units: list[str], no_block: bool = False) -> None:
         self._verb("start", units, no_block)
 
+    def reset_failed(self, units: list[str]) -> None:
+        """Clear the units' failed state and start rate-limit counter. systemd counts every start towards
+        ``StartLimitBurst``, an operator's too: without this, the sixth deliberate start or restart within
+        ``StartLimitIntervalSec`` is refused ("start of the service was attempted too often")."""
+        self._verb("reset-failed", units, False)
+
     def stop(self, units: list[str], no_block: bool = False) -> None:
         self._verb("stop", units, no_block)
 

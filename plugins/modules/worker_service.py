@@ -24,6 +24,10 @@ description:
   - This replaces C(god stop workers) followed by C(ps aux | grep resque).
   - The unit must allow a long stop (C(TimeoutStopSec) at least O(timeout), or C(infinity)), otherwise systemd
     itself kills the runner before the job is done.
+  - Every start (O(state=started), O(state=restarted), the start part of O(state=reloaded)) first runs
+    C(systemctl reset-failed) on its units. systemd's crash-loop guard (C(StartLimitBurst) starts within
+    C(StartLimitIntervalSec)) counts an operator's starts too, and would otherwise refuse the sixth deliberate
+    start of a maintenance session.
 author:
   - travis.worker developers (@travis-ci)
 options:
@@ -393,18 +397,25 @@ class WorkerService:
     def apply(self, state: str, changing: list[dict[str, Any]]) -> None:
         units = [w["unit"] for w in changing]
         if state == "started":
-            self.systemctl.start(units)
+            self.start(units)
         elif state in ("stopped", "drained"):
             self.stop_and_wait(changing)
         elif state == "restarted":
             self.stop_and_wait([w for w in changing if w["previous_state"] not in STOPPED])
-            self.systemctl.start(units)
+            self.start(units)
         elif state == "reloaded":
             self.systemctl.reload([w["unit"] for w in changing if w["previous_state"] in RUNNING])
-            self.systemctl.start([w["unit"] for w in changing if w["previous_state"] not in RUNNING])
+            self.start([w["unit"] for w in changing if w["previous_state"] not in RUNNING])
         after = self.snapshot([(w["name"], w["unit"]) for w in changing])
         for w in changing:
             w["state"] = after[w["unit"]].get("ActiveState", "unknown")
+
+    def start(self, units: list[str]) -> None:
+        """An operator's start: the unit's crash-loop guard (StartLimitBurst, which counts every start) is
+        reset first, so that a maintenance session with several stops and starts is never refused."""
+        if units:
+            self.systemctl.reset_failed(units)
+            self.systemctl.start(units)
 
     def stop_and_wait(self, workers: list[dict[str, Any]]) -> None:
         if not workers:

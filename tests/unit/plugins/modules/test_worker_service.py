@@ -186,6 +186,7 @@ def test_started_is_idempotent(run_module) -> None:
 def test_started_starts_inactive(run_module) -> None:
     calls = [
         show((W1, "active"), (W2, "failed")),
+        call([SYSTEMCTL, "reset-failed", "--", W2]),  # a start-limit hit or crash loop must not refuse it
         call([SYSTEMCTL, "start", "--", W2]),
         show((W2, "active")),
     ]
@@ -199,6 +200,7 @@ def test_reloaded_reloads_active_and_starts_inactive(run_module) -> None:
     calls = [
         show((W1, "active"), (W2, "inactive")),
         call([SYSTEMCTL, "reload", "--", W1]),
+        call([SYSTEMCTL, "reset-failed", "--", W2]),
         call([SYSTEMCTL, "start", "--", W2]),
         show((W1, "active"), (W2, "active")),
     ]
@@ -251,6 +253,7 @@ def test_drained_refuses_force_after(run_module) -> None:
 def test_systemctl_error_is_reported_not_raised(run_module) -> None:
     calls = [
         show((W1, "inactive")),
+        call([SYSTEMCTL, "reset-failed", "--", W1]),
         call([SYSTEMCTL, "start", "--", W1], rc=1, stderr="Job for travis-worker@worker-1.service failed.\n"),
     ]
     result = run_module(worker_service.main, {"name": ["worker-1"], "state": "started"}, calls)
@@ -307,6 +310,7 @@ def test_restarted_stops_gracefully_then_starts(run_module) -> None:
         show((W1, "active"), (W2, "inactive")),
         call([SYSTEMCTL, "stop", "--no-block", "--", W1]),
         show((W1, "inactive")),
+        call([SYSTEMCTL, "reset-failed", "--", W1, W2]),
         call([SYSTEMCTL, "start", "--", W1, W2]),
         show((W1, "active"), (W2, "active")),
     ]
