@@ -47,6 +47,16 @@ def test_production_inventory_accepts_debian_and_ubuntu_kernels(tmp_path, kernel
     assert rc == 0, out
 
 
+@pytest.mark.parametrize("inventory", ["production", "staging", "development"])
+@pytest.mark.parametrize("kernel", ["6.11.0-29-generic", "6.14.0-36-generic"])
+def test_inventories_accept_ubuntu_2404_hwe_kernels(tmp_path, inventory: str, kernel: str) -> None:
+    """Ubuntu 24.04's HWE kernels: 6.11 (24.04.2) and 6.14 (24.04.3), linux-generic-hwe-24.04. These are the
+    kernels >= 6.12 that the KVM check of the preflight is about; the inventories refused them before."""
+    vars_file = f"inventories/{inventory}/group_vars/travis_worker_boxes/main.yml"
+    rc, out = run_tasks(tmp_path, role_tasks("box", "kernel_check.yml", (vars_file,)), {"box_kernel_running": kernel})
+    assert rc == 0, out
+
+
 @pytest.mark.parametrize("kernel", ["4.19.0-27-amd64", "6.12.9-amd64", "5.4.0-200-generic"])
 def test_production_inventory_refuses_other_kernels(tmp_path, kernel: str) -> None:
     rc, out = run_tasks(
