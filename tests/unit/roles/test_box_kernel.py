@@ -147,3 +147,29 @@ def test_ubuntu_vars_differ_from_debian(os_file: str, hwe: str) -> None:
     debian = yaml.safe_load((ROOT / "roles/box/vars/Debian-12.yml").read_text())["__box_kernel_meta_packages"]
     assert hwe in ubuntu and "linux-image-aws" in ubuntu and "linux-image-generic" in ubuntu
     assert not set(ubuntu) & set(debian)
+
+
+@pytest.mark.parametrize(
+    ("os_file", "kernel", "metas"),
+    [
+        (
+            "Ubuntu-22",
+            "6.8.0-40-generic",
+            ["linux-virtual-hwe-22.04", "linux-image-virtual-hwe-22.04", "linux-headers-virtual-hwe-22.04"],
+        ),
+        ("Ubuntu-22", "6.8.0-40-lowlatency", ["linux-lowlatency-hwe-22.04", "linux-image-lowlatency-hwe-22.04"]),
+        (
+            "Ubuntu-24",
+            "6.14.0-36-generic",
+            ["linux-virtual-hwe-24.04", "linux-image-virtual-hwe-24.04", "linux-headers-generic-hwe-24.04"],
+        ),
+    ],
+)
+def test_hold_covers_every_installed_kernel_meta_package(tmp_path, os_file: str, kernel: str, metas: list) -> None:
+    """A meta package left unheld pulls the next kernel ABI in on apt upgrade, whatever else is held: the
+    virtual and lowlatency HWE metas (Ubuntu cloud/VM images, HWE installs) must be held like the generic ones."""
+    abi = kernel.rsplit("-", 1)[0]
+    installed = [*metas, f"linux-image-{kernel}", f"linux-modules-{kernel}", f"linux-headers-{abi}", "linux-base",
+                 "linux-firmware", "linux-libc-dev", "linux-tools-common"]  # fmt: skip
+    held = hold_of(tmp_path, f"roles/box/vars/{os_file}.yml", kernel, installed)
+    assert held == sorted([*metas, f"linux-image-{kernel}", f"linux-modules-{kernel}", f"linux-headers-{abi}"])
