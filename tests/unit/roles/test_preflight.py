@@ -103,6 +103,18 @@ def test_other_unsupported_boxes(tmp_path: Path, probe: str, found: str) -> None
     assert rc == 2 and f"box: localhost runs {found}; supported are" in out
 
 
+def test_supported_os_with_an_old_python_stops(tmp_path: Path) -> None:
+    """A supported release whose only interpreter is Python 2 (no python3, `python` from python-is-python2):
+    the OS passes, the Python check alone must stop it."""
+    probe = "os=ubuntu 22.04\nkernel=5.15.0-126-generic x86_64\npython=2.7.18\n"
+    rc, out = run_tasks(tmp_path, role_tasks("box", "probe_check.yml"), {"box_probe_output": probe})
+    assert rc == 2
+    assert (
+        "box: localhost runs ubuntu 22.04 (kernel 5.15.0-126-generic x86_64, Python 2.7.18); supported are"
+        in out
+    )
+
+
 def test_ubuntu_2204_probe_passes(tmp_path: Path) -> None:
     probe = "os=ubuntu 22.04\nlsb=Ubuntu 22.04\nkernel=6.8.0-40-generic x86_64\npython=3.10.12\n"
     rc, out = run_tasks(tmp_path, role_tasks("box", "probe_check.yml"), {"box_probe_output": probe})
