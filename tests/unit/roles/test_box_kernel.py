@@ -53,7 +53,9 @@ def test_inventories_accept_ubuntu_2404_hwe_kernels(tmp_path, inventory: str, ke
     """Ubuntu 24.04's HWE kernels: 6.11 (24.04.2) and 6.14 (24.04.3), linux-generic-hwe-24.04. These are the
     kernels >= 6.12 that the KVM check of the preflight is about; the inventories refused them before."""
     vars_file = f"inventories/{inventory}/group_vars/travis_worker_boxes/main.yml"
-    rc, out = run_tasks(tmp_path, role_tasks("box", "kernel_check.yml", (vars_file,)), {"box_kernel_running": kernel})
+    rc, out = run_tasks(
+        tmp_path, role_tasks("box", "kernel_check.yml", (vars_file,)), {"box_kernel_running": kernel}
+    )
     assert rc == 0, out
 
 
@@ -157,7 +159,11 @@ def test_ubuntu_vars_differ_from_debian(os_file: str, hwe: str) -> None:
             "6.8.0-40-generic",
             ["linux-virtual-hwe-22.04", "linux-image-virtual-hwe-22.04", "linux-headers-virtual-hwe-22.04"],
         ),
-        ("Ubuntu-22", "6.8.0-40-lowlatency", ["linux-lowlatency-hwe-22.04", "linux-image-lowlatency-hwe-22.04"]),
+        (
+            "Ubuntu-22",
+            "6.8.0-40-lowlatency",
+            ["linux-lowlatency-hwe-22.04", "linux-image-lowlatency-hwe-22.04"],
+        ),
         (
             "Ubuntu-24",
             "6.14.0-36-generic",
@@ -165,11 +171,22 @@ def test_ubuntu_vars_differ_from_debian(os_file: str, hwe: str) -> None:
         ),
     ],
 )
-def test_hold_covers_every_installed_kernel_meta_package(tmp_path, os_file: str, kernel: str, metas: list) -> None:
+def test_hold_covers_every_installed_kernel_meta_package(
+    tmp_path, os_file: str, kernel: str, metas: list
+) -> None:
     """A meta package left unheld pulls the next kernel ABI in on apt upgrade, whatever else is held: the
-    virtual and lowlatency HWE metas (Ubuntu cloud/VM images, HWE installs) must be held like the generic ones."""
+    virtual and lowlatency HWE metas (Ubuntu cloud/VM images, HWE installs) are held like the generic ones."""
     abi = kernel.rsplit("-", 1)[0]
-    installed = [*metas, f"linux-image-{kernel}", f"linux-modules-{kernel}", f"linux-headers-{abi}", "linux-base",
-                 "linux-firmware", "linux-libc-dev", "linux-tools-common"]  # fmt: skip
+    kernel_packages = [f"linux-image-{kernel}", f"linux-modules-{kernel}", f"linux-headers-{abi}"]
+    installed = [
+        *metas,
+        *kernel_packages,
+        "linux-base",
+        "linux-firmware",
+        "linux-libc-dev",
+        "linux-tools-common",
+    ]
     held = hold_of(tmp_path, f"roles/box/vars/{os_file}.yml", kernel, installed)
-    assert held == sorted([*metas, f"linux-image-{kernel}", f"linux-modules-{kernel}", f"linux-headers-{abi}"])
+    assert held == sorted(
+        [*metas, f"linux-image-{kernel}", f"linux-modules-{kernel}", f"linux-headers-{abi}"]
+    )
