@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -235,6 +236,34 @@ def test_secure_boot_off_passes(tmp_path: Path) -> None:
         {**VBOX, "virtualbox_pf_sb_state": "SecureBoot disabled\n"},
     )
     assert rc == 0 and "UEFI Secure Boot is on" not in out
+
+
+# The SecureBoot EFI variable (8be4df61-93ca-11d2-aa0d-e0a9803b5cd9 is EFI_GLOBAL_VARIABLE): efivarfs shows
+# 4 bytes of attributes (little-endian u32; 0x06 = BOOTSERVICE_ACCESS | RUNTIME_ACCESS), then the value, one
+# byte, 1 = Secure Boot on (UEFI spec, "Globally Defined Variables"; mokutil --sb-state reads the same one).
+EFIVAR_SB_ON = bytes([0x06, 0, 0, 0, 1])
+EFIVAR_SB_OFF = bytes([0x06, 0, 0, 0, 0])
+
+
+@pytest.mark.skipif(bool(shutil.which("mokutil")), reason="the case is a box without mokutil")
+@pytest.mark.parametrize(("efivar", "stops"), [(EFIVAR_SB_ON, True), (EFIVAR_SB_OFF, False), (None, False)])
+def test_secure_boot_is_read_without_mokutil(tmp_path: Path, efivar: bytes | None, stops: bool) -> None:
+    """Debian 12 does not install mokutil: the gathering tasks (preflight.yml, run for real here, where
+    mokutil is missing too) must read the EFI variable instead of taking Secure Boot as off."""
+    var = tmp_path / "SecureBoot-8be4df61-93ca-11d2-aa0d-e0a9803b5cd9"
+    if efivar is not None:
+        var.write_bytes(efivar)
+    rc, out = run_tasks(
+        tmp_path,
+        role_tasks("virtualbox", "preflight.yml"),
+        {"__virtualbox_secureboot_efivar": str(var), "ansible_facts": {"kernel": "6.1.0-28-amd64"}},
+    )
+    if stops:
+        assert rc == 2, out
+        assert "virtualbox: UEFI Secure Boot is on on localhost (SecureBoot enabled: EFI variable" in out
+    else:
+        assert rc == 0, out
+        assert "UEFI Secure Boot is on" not in out
 
 
 def test_kvm_on_612_stops_with_the_remedy(tmp_path: Path) -> None:
