@@ -364,3 +364,47 @@ def test_distro_vagrant_with_virtualbox_71_is_refused(
     assert rc == 2
     assert f"Vagrant {distro_vagrant} from vagrant_source distro cannot drive VirtualBox 7.1.12" in out
     assert f"(its driver map stops at VirtualBox {stops_at})" in out
+
+
+# ---- Secure Boot: the operator's MOK where VirtualBox signs with it ---------------------------------------
+
+
+def _mok_case(tmp_path: Path) -> tuple[dict, Path]:
+    (tmp_path / "MOK.key").write_text(
+        "-----BEGIN PRIVATE KEY-----\ntwt-operator-key\n-----END PRIVATE KEY-----\n"
+    )
+    (tmp_path / "MOK.crt.der").write_bytes(b"\x30\x82twt-operator-cert")
+    mok_dir = tmp_path / "shim-signed" / "mok"
+    extra = {
+        "virtualbox_secure_boot_key": str(tmp_path / "MOK.key"),
+        "virtualbox_secure_boot_cert": str(tmp_path / "MOK.crt.der"),
+        "__virtualbox_mok_dir": str(mok_dir),
+    }
+    return extra, mok_dir
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the files are owned by root, as on a box")
+def test_mok_key_is_put_where_vboxconfig_signs_with_it(tmp_path: Path) -> None:
+    """VirtualBox's vboxconfig (vboxdrv.sh setup) signs with /var/lib/shim-signed/mok/MOK.priv and MOK.der and
+    fails without them; a sign-file handler after it never ran. The key must be there before the install."""
+    extra, mok_dir = _mok_case(tmp_path)
+    rc, out = run_tasks(tmp_path, role_tasks("virtualbox", "secure_boot_key.yml"), extra)
+    assert rc == 0, out
+    assert (mok_dir / "MOK.priv").read_bytes() == (tmp_path / "MOK.key").read_bytes()
+    assert (mok_dir / "MOK.der").read_bytes() == (tmp_path / "MOK.crt.der").read_bytes()
+    assert oct((mok_dir / "MOK.priv").stat().st_mode & 0o777) == "0o600"
+    assert oct(mok_dir.stat().st_mode & 0o777) == "0o700"
+    assert "twt-operator-key" not in out
+    rc, out = run_tasks(tmp_path, role_tasks("virtualbox", "secure_boot_key.yml"), extra)
+    assert rc == 0 and "changed=0" in out, out
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the files are owned by root, as on a box")
+def test_another_mok_at_vboxconfigs_path_stops(tmp_path: Path) -> None:
+    extra, mok_dir = _mok_case(tmp_path)
+    mok_dir.mkdir(parents=True)
+    (mok_dir / "MOK.priv").write_text("another key\n")
+    rc, out = run_tasks(tmp_path, role_tasks("virtualbox", "secure_boot_key.yml"), extra)
+    assert rc == 2
+    assert f"virtualbox: {mok_dir}/MOK.priv or MOK.der on localhost is another key than" in out
+    assert (mok_dir / "MOK.priv").read_text() == "another key\n"
