@@ -47,6 +47,18 @@ def test_production_inventory_accepts_debian_and_ubuntu_kernels(tmp_path, kernel
     assert rc == 0, out
 
 
+@pytest.mark.parametrize("inventory", ["production", "staging", "development"])
+@pytest.mark.parametrize("kernel", ["6.11.0-29-generic", "6.14.0-36-generic"])
+def test_inventories_accept_ubuntu_2404_hwe_kernels(tmp_path, inventory: str, kernel: str) -> None:
+    """Ubuntu 24.04's HWE kernels: 6.11 (24.04.2) and 6.14 (24.04.3), linux-generic-hwe-24.04. These are the
+    kernels >= 6.12 that the KVM check of the preflight is about; the inventories refused them before."""
+    vars_file = f"inventories/{inventory}/group_vars/travis_worker_boxes/main.yml"
+    rc, out = run_tasks(
+        tmp_path, role_tasks("box", "kernel_check.yml", (vars_file,)), {"box_kernel_running": kernel}
+    )
+    assert rc == 0, out
+
+
 @pytest.mark.parametrize("kernel", ["4.19.0-27-amd64", "6.12.9-amd64", "5.4.0-200-generic"])
 def test_production_inventory_refuses_other_kernels(tmp_path, kernel: str) -> None:
     rc, out = run_tasks(
@@ -137,3 +149,44 @@ def test_ubuntu_vars_differ_from_debian(os_file: str, hwe: str) -> None:
     debian = yaml.safe_load((ROOT / "roles/box/vars/Debian-12.yml").read_text())["__box_kernel_meta_packages"]
     assert hwe in ubuntu and "linux-image-aws" in ubuntu and "linux-image-generic" in ubuntu
     assert not set(ubuntu) & set(debian)
+
+
+@pytest.mark.parametrize(
+    ("os_file", "kernel", "metas"),
+    [
+        (
+            "Ubuntu-22",
+            "6.8.0-40-generic",
+            ["linux-virtual-hwe-22.04", "linux-image-virtual-hwe-22.04", "linux-headers-virtual-hwe-22.04"],
+        ),
+        (
+            "Ubuntu-22",
+            "6.8.0-40-lowlatency",
+            ["linux-lowlatency-hwe-22.04", "linux-image-lowlatency-hwe-22.04"],
+        ),
+        (
+            "Ubuntu-24",
+            "6.14.0-36-generic",
+            ["linux-virtual-hwe-24.04", "linux-image-virtual-hwe-24.04", "linux-headers-generic-hwe-24.04"],
+        ),
+    ],
+)
+def test_hold_covers_every_installed_kernel_meta_package(
+    tmp_path, os_file: str, kernel: str, metas: list
+) -> None:
+    """A meta package left unheld pulls the next kernel ABI in on apt upgrade, whatever else is held: the
+    virtual and lowlatency HWE metas (Ubuntu cloud/VM images, HWE installs) are held like the generic ones."""
+    abi = kernel.rsplit("-", 1)[0]
+    kernel_packages = [f"linux-image-{kernel}", f"linux-modules-{kernel}", f"linux-headers-{abi}"]
+    installed = [
+        *metas,
+        *kernel_packages,
+        "linux-base",
+        "linux-firmware",
+        "linux-libc-dev",
+        "linux-tools-common",
+    ]
+    held = hold_of(tmp_path, f"roles/box/vars/{os_file}.yml", kernel, installed)
+    assert held == sorted(
+        [*metas, f"linux-image-{kernel}", f"linux-modules-{kernel}", f"linux-headers-{abi}"]
+    )

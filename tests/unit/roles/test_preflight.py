@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -101,6 +102,18 @@ def test_lucid_probe_stops_with_one_line(tmp_path: Path) -> None:
 def test_other_unsupported_boxes(tmp_path: Path, probe: str, found: str) -> None:
     rc, out = run_tasks(tmp_path, role_tasks("box", "probe_check.yml"), {"box_probe_output": probe})
     assert rc == 2 and f"box: localhost runs {found}; supported are" in out
+
+
+def test_supported_os_with_an_old_python_stops(tmp_path: Path) -> None:
+    """A supported release whose only interpreter is Python 2 (no python3, `python` from python-is-python2):
+    the OS passes, the Python check alone must stop it."""
+    probe = "os=ubuntu 22.04\nkernel=5.15.0-126-generic x86_64\npython=2.7.18\n"
+    rc, out = run_tasks(tmp_path, role_tasks("box", "probe_check.yml"), {"box_probe_output": probe})
+    assert rc == 2
+    assert (
+        "box: localhost runs ubuntu 22.04 (kernel 5.15.0-126-generic x86_64, Python 2.7.18); supported are"
+        in out
+    )
 
 
 def test_ubuntu_2204_probe_passes(tmp_path: Path) -> None:
@@ -225,6 +238,34 @@ def test_secure_boot_off_passes(tmp_path: Path) -> None:
     assert rc == 0 and "UEFI Secure Boot is on" not in out
 
 
+# The SecureBoot EFI variable (8be4df61-93ca-11d2-aa0d-e0a9803b5cd9 is EFI_GLOBAL_VARIABLE): efivarfs shows
+# 4 bytes of attributes (little-endian u32; 0x06 = BOOTSERVICE_ACCESS | RUNTIME_ACCESS), then the value, one
+# byte, 1 = Secure Boot on (UEFI spec, "Globally Defined Variables"; mokutil --sb-state reads the same one).
+EFIVAR_SB_ON = bytes([0x06, 0, 0, 0, 1])
+EFIVAR_SB_OFF = bytes([0x06, 0, 0, 0, 0])
+
+
+@pytest.mark.skipif(bool(shutil.which("mokutil")), reason="the case is a box without mokutil")
+@pytest.mark.parametrize(("efivar", "stops"), [(EFIVAR_SB_ON, True), (EFIVAR_SB_OFF, False), (None, False)])
+def test_secure_boot_is_read_without_mokutil(tmp_path: Path, efivar: bytes | None, stops: bool) -> None:
+    """Debian 12 does not install mokutil: the gathering tasks (preflight.yml, run for real here, where
+    mokutil is missing too) must read the EFI variable instead of taking Secure Boot as off."""
+    var = tmp_path / "SecureBoot-8be4df61-93ca-11d2-aa0d-e0a9803b5cd9"
+    if efivar is not None:
+        var.write_bytes(efivar)
+    rc, out = run_tasks(
+        tmp_path,
+        role_tasks("virtualbox", "preflight.yml"),
+        {"__virtualbox_secureboot_efivar": str(var), "ansible_facts": {"kernel": "6.1.0-28-amd64"}},
+    )
+    if stops:
+        assert rc == 2, out
+        assert "virtualbox: UEFI Secure Boot is on on localhost (SecureBoot enabled: EFI variable" in out
+    else:
+        assert rc == 0, out
+        assert "UEFI Secure Boot is on" not in out
+
+
 def test_kvm_on_612_stops_with_the_remedy(tmp_path: Path) -> None:
     facts = {
         **VBOX,
@@ -323,3 +364,47 @@ def test_distro_vagrant_with_virtualbox_71_is_refused(
     assert rc == 2
     assert f"Vagrant {distro_vagrant} from vagrant_source distro cannot drive VirtualBox 7.1.12" in out
     assert f"(its driver map stops at VirtualBox {stops_at})" in out
+
+
+# ---- Secure Boot: the operator's MOK where VirtualBox signs with it ---------------------------------------
+
+
+def _mok_case(tmp_path: Path) -> tuple[dict, Path]:
+    (tmp_path / "MOK.key").write_text(
+        "-----BEGIN PRIVATE KEY-----\ntwt-operator-key\n-----END PRIVATE KEY-----\n"
+    )
+    (tmp_path / "MOK.crt.der").write_bytes(b"\x30\x82twt-operator-cert")
+    mok_dir = tmp_path / "shim-signed" / "mok"
+    extra = {
+        "virtualbox_secure_boot_key": str(tmp_path / "MOK.key"),
+        "virtualbox_secure_boot_cert": str(tmp_path / "MOK.crt.der"),
+        "__virtualbox_mok_dir": str(mok_dir),
+    }
+    return extra, mok_dir
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the files are owned by root, as on a box")
+def test_mok_key_is_put_where_vboxconfig_signs_with_it(tmp_path: Path) -> None:
+    """VirtualBox's vboxconfig (vboxdrv.sh setup) signs with /var/lib/shim-signed/mok/MOK.priv and MOK.der and
+    fails without them; a sign-file handler after it never ran. The key must be there before the install."""
+    extra, mok_dir = _mok_case(tmp_path)
+    rc, out = run_tasks(tmp_path, role_tasks("virtualbox", "secure_boot_key.yml"), extra)
+    assert rc == 0, out
+    assert (mok_dir / "MOK.priv").read_bytes() == (tmp_path / "MOK.key").read_bytes()
+    assert (mok_dir / "MOK.der").read_bytes() == (tmp_path / "MOK.crt.der").read_bytes()
+    assert oct((mok_dir / "MOK.priv").stat().st_mode & 0o777) == "0o600"
+    assert oct(mok_dir.stat().st_mode & 0o777) == "0o700"
+    assert "twt-operator-key" not in out
+    rc, out = run_tasks(tmp_path, role_tasks("virtualbox", "secure_boot_key.yml"), extra)
+    assert rc == 0 and "changed=0" in out, out
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the files are owned by root, as on a box")
+def test_another_mok_at_vboxconfigs_path_stops(tmp_path: Path) -> None:
+    extra, mok_dir = _mok_case(tmp_path)
+    mok_dir.mkdir(parents=True)
+    (mok_dir / "MOK.priv").write_text("another key\n")
+    rc, out = run_tasks(tmp_path, role_tasks("virtualbox", "secure_boot_key.yml"), extra)
+    assert rc == 2
+    assert f"virtualbox: {mok_dir}/MOK.priv or MOK.der on localhost is another key than" in out
+    assert (mok_dir / "MOK.priv").read_text() == "another key\n"
