@@ -15,10 +15,10 @@ description:
   - Manages the systemd instances C(travis-worker@<vm>.service) of the build runner, one per worker VM.
   - C(stopped) and C(drained) send the graceful signal through systemd (C(systemctl stop --no-block), the
     runner gets C(SIGTERM) and finishes its current job) and then B(wait until the running job finishes),
-    bounded by O(timeout). The wait reads the runner's Redis state (hash C(<namespace>:travis:vm_state), field
-    C(<host>:<vm>), a JSON document with C(state) and C(job_id)) when the Python C(redis) library is importable
-    on the target and the server answers; otherwise it falls back to the systemd unit state and says so in
-    RV(state_source).
+    bounded by O(timeout). The wait reads the runner's Redis state (hash C(<namespace>:travis:vm_state),
+    field C(<host>:<vm>), a JSON document with C(state) and C(job_id)) when the Python C(redis) library is
+    importable on the target and the server answers; otherwise it falls back to the systemd unit state and
+    says so in RV(state_source).
   - C(<host>) is the target's host name (Python's C(socket.gethostname()), the first part of the runner's
     worker id C(<host>:<pid>:<queue>)); the boxes of a fleet share one Redis and all name their VMs
     C(worker-1..N), so only this box's entries are read. An entry of the old form (field C(<vm>) alone,
