@@ -18,9 +18,10 @@ site.yml (not measured), and one probe job must pass before measuring:
 While each reprovision runs, a feeder keeps two short jobs queued. Per run:
 - wall_s: the playbook's wall time;
 - per_vm_switch_s: per VM, seconds from the playbook's start until its worker reported the new image digest
-  in Redis (`<ns>:travis:vm_state`, "image"); the new digest is the one `current` points to on the box at
-  the end. converged_s: the last of them (base_box). in_place has no image: converged_s = wall_s (the
-  playbook ends when every VM is provisioned and serving) and per_vm_switch_s is null;
+  in Redis (`<ns>:travis:vm_state`, field `<host>:<vm>`, "image"; per_vm_switch_s is keyed the same way);
+  the new digest is the one `current` points to on the box at the end. converged_s: the last of them
+  (base_box). in_place has no image: converged_s = wall_s (the playbook ends when every VM is provisioned
+  and serving) and per_vm_switch_s is null;
 - jobs_done: jobs finished while the playbook ran; after it, the feeder stops and the jobs it enqueued get up
   to 10 minutes to finish: jobs_failed = finished but not `passed`, jobs_lost = enqueued and never finished;
 - plays: seconds spent in each play (where the time went).
@@ -151,7 +152,8 @@ class Bench:
             stop.wait(1)
 
     def watch_images(self, stop: threading.Event, t0: float, seen: dict[str, dict[str, float]]) -> None:
-        """Until `stop`: seen[vm][digest] = seconds since t0 when the VM's worker first reported the image."""
+        """Until `stop`: seen["<host>:<vm>"][digest] = seconds since t0 when the VM's worker first reported
+        the image (the field of `vm_state`: every box names its VMs worker-N)."""
         while not stop.is_set():
             for vm, raw in self.redis.hgetall(f"{NS}:travis:vm_state").items():
                 try:
@@ -172,7 +174,9 @@ class Bench:
             return None
 
     def vms(self) -> list[str]:
-        return sorted(self.redis.hkeys(f"{NS}:travis:vm_state"))
+        """Every box's VMs as `<host>:<vm>` (fields of `vm_state`; an old-form field, the VM name alone,
+        is left out)."""
+        return sorted(f for f in self.redis.hkeys(f"{NS}:travis:vm_state") if ":" in f)
 
     def measure(self, strategy: str, recipes: list[str], n: int, boxes: int, *extra: str) -> dict[str, Any]:
         stop, ids, seen = threading.Event(), [], {}

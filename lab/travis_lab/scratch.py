@@ -9,7 +9,8 @@ ends by an exception or SIGTERM turned into SystemExit (`keep=True` keeps the co
 The demo (`travis_lab.demo`) keeps its own, longer-lived state and a CI-app stand-in; this is the bare lab.
 
 `boxes=2` makes two box containers on the same Redis (a fleet of two worker boxes): both in the inventory, box
-i's worker VMs named `b<i>-worker-N` (VM names are keys of the workers' state in Redis: they must be unique).
+i's worker VMs named `b<i>-worker-N`, which tells the boxes apart in logs and reports (not required: the
+runners key a VM's state in Redis by `<host>:<vm>`, so both boxes could name theirs worker-N).
 
 `template=NAME` makes the box a full copy of the stopped lab container NAME (a box converged earlier, see
 `container.clone_container`) instead of a fresh one: the playbook tests converge one box with site.yml and

@@ -15,10 +15,14 @@ description:
   - Manages the systemd instances C(travis-worker@<vm>.service) of the build runner, one per worker VM.
   - C(stopped) and C(drained) send the graceful signal through systemd (C(systemctl stop --no-block), the
     runner gets C(SIGTERM) and finishes its current job) and then B(wait until the running job finishes),
-    bounded by O(timeout). The wait reads the runner's Redis state (hash C(<namespace>:travis:vm_state), field
-    C(<vm>), a JSON document with C(state) and C(job_id)) when the Python C(redis) library is importable on
-    the target and the server answers; otherwise it falls back to the systemd unit state and says so in
-    RV(state_source).
+    bounded by O(timeout). The wait reads the runner's Redis state (hash C(<namespace>:travis:vm_state),
+    field C(<host>:<vm>), a JSON document with C(state) and C(job_id)) when the Python C(redis) library is
+    importable on the target and the server answers; otherwise it falls back to the systemd unit state and
+    says so in RV(state_source).
+  - C(<host>) is the target's host name (Python's C(socket.gethostname()), the first part of the runner's
+    worker id C(<host>:<pid>:<queue>)); the boxes of a fleet share one Redis and all name their VMs
+    C(worker-1..N), so only this box's entries are read. An entry of the old form (field C(<vm>) alone,
+    written by an earlier runner) is never read; the runner removes its own at start-up.
   - With O(force_after), a worker still running after that many seconds gets C(SIGQUIT) through
     C(systemctl kill); the runner then requeues its job and exits.
   - This replaces C(god stop workers) followed by C(ps aux | grep resque).
@@ -179,6 +183,7 @@ state_source_reason:
 """
 
 import json
+import socket
 import time
 import traceback
 from typing import Any, Optional
@@ -211,6 +216,7 @@ class JobState:
         self._client = None
         self._ns = namespace
         self._key = f"{namespace}:travis:vm_state"
+        self._host = socket.gethostname()  # the runner's worker id starts with the same name
         if not url:
             self.reason = "no redis_url was given"
             return
@@ -236,9 +242,9 @@ class JobState:
         if self._client is None:
             return None
         try:
-            raw = self._client.hget(self._key, vm)
+            raw = self._client.hget(self._key, f"{self._host}:{vm}")
         except Exception as exc:
-            self.reason = f"Redis read of {self._key}[{vm}] failed ({type(exc).__name__}: {exc})"
+            self.reason = f"Redis read of {self._key}[{self._host}:{vm}] failed ({type(exc).__name__}: {exc})"
             return None
         if not raw:
             return {}

@@ -30,7 +30,7 @@ from test_script_support import make_repo
 from travis_worker.config import load_config
 from travis_worker.executor_vagrant import VagrantExecutor
 from travis_worker.images import ImageStore, slug
-from travis_worker.keys import Keys
+from travis_worker.keys import Keys, host_of, vm_field
 from travis_worker.vagrant import LxcSandbox, lxc_container
 from travis_worker.worker import Worker
 
@@ -138,7 +138,7 @@ def test_worker_switches_to_the_published_image_at_the_job_boundary_with_jobs_fl
         published = time.monotonic()
         wait_for(lambda: len(finished(client)) == JOBS, 300, f"all {JOBS} builds")
         wait_for(lambda: worker.clean, 60, "the reset after the last build")
-        doc = json.loads(client.hget(keys.vm_state, "worker-1"))
+        doc = json.loads(client.hget(keys.vm_state, vm_field(host_of(worker.id), "worker-1")))
     finally:
         worker.request_stop("immediate")
         thread.join(60)

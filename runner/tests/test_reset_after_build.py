@@ -25,7 +25,7 @@ from travis_worker.config import load_config
 from travis_worker.executor import SandboxError
 from travis_worker.executor_local import LocalExecutor
 from travis_worker.images import Image
-from travis_worker.keys import Keys
+from travis_worker.keys import Keys, host_of, vm_field
 from travis_worker.worker import Worker
 
 DIGEST = "a1fce4363854ff888cff4b8e7875d600c2682390412a8cf79b37d0b11148b0fa"
@@ -190,7 +190,7 @@ def test_idle_worker_switches_when_a_new_image_is_published_and_reports_it(
     wait_for(lambda: executor.prepares == 2, 5, "the idle switch")
     expected = {"version": "20261202.041500", "digest": DIGEST}
     wait_for(lambda: state_doc(client, worker).get("image") == expected, 5, "image in worker_state")
-    vm_doc = json.loads(client.hget(Keys("resque").vm_state, "worker-1"))
+    vm_doc = json.loads(client.hget(Keys("resque").vm_state, vm_field(host_of(worker.id), "worker-1")))
     assert vm_doc["image"] == expected and vm_doc["worker"] == worker.id
     cfg = tmp_path / "cli.yml"
     cfg.write_text(f"redis:\n  url: {redis_url}\n")

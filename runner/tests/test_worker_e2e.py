@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -124,11 +125,27 @@ def test_pause_and_resume(client: redis.Redis, spawn: Spawn, repo: tuple[str, st
     wait_for(lambda: 1 in finished(client), 15, "job after resume")
 
 
+def test_start_up_removes_this_boxs_old_form_vm_entry(client: redis.Redis, spawn: Spawn) -> None:
+    """`vm_state` entries of the old form (field = VM name) left by an earlier runner: the runner removes its
+    own box's at start-up and leaves another box's."""
+    host = socket.gethostname()
+    client.hset(
+        "resque:travis:vm_state", "worker-7", json.dumps({"state": "idle", "worker": f"{host}:1:builds"})
+    )
+    client.hset(
+        "resque:travis:vm_state", "worker-8", json.dumps({"state": "idle", "worker": "otherbox:1:builds"})
+    )
+    spawn(vm="worker-7")
+    wait_for(lambda: client.hexists("resque:travis:vm_state", f"{host}:worker-7"), 15, "the new entry")
+    wait_for(lambda: not client.hexists("resque:travis:vm_state", "worker-7"), 5, "the old entry removed")
+    assert client.hexists("resque:travis:vm_state", "worker-8")
+
+
 def test_cancel_within_two_seconds(client: redis.Redis, spawn: Spawn, repo: tuple[str, str]) -> None:
     spawn(vm="worker-7")
     push(client, job_json(42, repo, "sleep 60"))
     wait_for(lambda: "started" in states(client, 42), 15, "job 42 to start")
-    state = json.loads(client.hget("resque:travis:vm_state", "worker-7"))
+    state = json.loads(client.hget("resque:travis:vm_state", f"{socket.gethostname()}:worker-7"))
     assert state["state"] == "working" and state["job_id"] == 42 and state["worker"]
     t0 = time.time()
     client.publish("resque:worker.commands", json.dumps({"type": "cancel_job", "job_id": 42}))

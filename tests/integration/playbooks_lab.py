@@ -177,10 +177,16 @@ def converged_fleet(
         yield lab
 
 
-def vm_states(lab: Lab) -> dict[str, dict]:
-    """VM name -> the document its worker keeps in Redis (`<ns>:travis:vm_state`)."""
+def vm_states(lab: Lab) -> dict[tuple[str, str], dict]:
+    """(box host name, VM name) -> the document its worker keeps in Redis (`<ns>:travis:vm_state`, field
+    `<host>:<vm>`); fields of the old form (VM name alone, left by an earlier runner) are left out."""
     raw = rclient(lab).hgetall(f"{NS}:travis:vm_state")
-    return {vm: json.loads(doc) for vm, doc in raw.items()}
+    out: dict[tuple[str, str], dict] = {}
+    for field, doc in raw.items():
+        host, sep, vm = field.partition(":")
+        if sep:
+            out[(host, vm)] = json.loads(doc)
+    return out
 
 
 def rclient(lab: Lab) -> redis.Redis:

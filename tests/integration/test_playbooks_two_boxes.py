@@ -2,7 +2,8 @@
 (reprovision.yml base_box with a catalog) converges both.
 
 The fixture (`converged_fleet`, playbooks_lab.py) makes two box containers with VMS worker VMs each, named
-b1-worker-N and b2-worker-N so that their state in Redis does not collide. Budget: < 15 min for the file.
+b1-worker-N and b2-worker-N (names that tell the boxes apart in logs; not required: the runners key a VM's
+state in Redis by `<host>:<vm>`). Budget: < 15 min for the file.
 """
 
 from __future__ import annotations
@@ -43,7 +44,10 @@ def test_both_boxes_converged_and_serving(fleet: Lab) -> None:
             state = box.ssh(f"systemctl show -p ActiveState --value {unit}").stdout.strip()
             assert state == "active", (box.name, unit, state)
     states = vm_states(fleet)
-    assert sorted(states) == sorted(f"b{i}-worker-{n}" for i in (1, 2) for n in range(1, VMS + 1)), states
+    assert sorted(vm for _host, vm in states) == sorted(
+        f"b{i}-worker-{n}" for i in (1, 2) for n in range(1, VMS + 1)
+    ), states
+    assert {host for host, _vm in states} == names, states
 
     # two per worker: both boxes take some
     ids = enqueue(fleet, 2 * 2 * VMS, sleep=2)
@@ -93,5 +97,5 @@ def test_one_image_build_both_boxes_converged(fleet: Lab, tmp_path: Path) -> Non
     # every VM reports the new image (the later jobs ran on it: each switched at a job boundary)
     states = vm_states(fleet)
     assert len(states) == 2 * VMS, states
-    for vm, doc in states.items():
-        assert (doc.get("image") or {}).get("digest") == digest, (vm, doc)
+    for host_vm, doc in states.items():
+        assert (doc.get("image") or {}).get("digest") == digest, (host_vm, doc)

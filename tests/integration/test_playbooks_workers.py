@@ -86,7 +86,8 @@ def test_restarting_one_worker_leaves_another_workers_vm_and_build_running(lab: 
                 break
             time.sleep(1)
         assert len(pids.split()) == 2, f"worker-2 never ran the build of job {job} (pids {pids!r})"
-        assert str(job) in (rclient(lab).hget(f"{NS}:travis:vm_state", "worker-2") or "")
+        field = f"{lab.sh('uname -n').strip()}:worker-2"  # the box's runners key their VMs <host>:<vm>
+        assert str(job) in (rclient(lab).hget(f"{NS}:travis:vm_state", field) or "")
         # the VM and its build run in no worker's unit (cgroup), so no worker's stop can reach them
         cgroups = lab.sh(" ".join(["cat"] + [f"/proc/{p}/cgroup" for p in pids.replace(",", " ").split()]))
         assert cgroups.strip() and "travis-worker@" not in cgroups, cgroups

@@ -245,19 +245,23 @@ def is_active(box: Any) -> str:
     return box.run("systemctl is-active travis-worker@worker-1.service", check=False).stdout.strip()
 
 
-def vm_state(client: Any, vm: str) -> dict[str, Any]:
-    raw = client.hget(f"{NS}:travis:vm_state", vm)
+def vm_state(client: Any, host: str, vm: str) -> dict[str, Any]:
+    """The runner's document for VM `vm` of box `host` (field `<host>:<vm>`, host = the box's `uname -n`)."""
+    raw = client.hget(f"{NS}:travis:vm_state", f"{host}:{vm}")
     return json.loads(raw) if raw else {}
 
 
 def start_worker_with_job(box: Any, client: Any, job_id: int, script: str) -> None:
     client.delete(f"{NS}:queue:builds")
     box.run("systemctl start travis-worker@worker-1.service")
-    wait_for(lambda: vm_state(client, "worker-1").get("state") == "idle", 60, "worker-1 idle in Redis")
+    host = box.run("uname -n").stdout.strip()
+    wait_for(lambda: vm_state(client, host, "worker-1").get("state") == "idle", 60, "worker-1 idle in Redis")
     client.sadd(f"{NS}:queues", "builds")
     client.rpush(f"{NS}:queue:builds", job(box, job_id, script))
     wait_for(
-        lambda: vm_state(client, "worker-1").get("job_id") == job_id, 60, f"worker-1 working on job {job_id}"
+        lambda: vm_state(client, host, "worker-1").get("job_id") == job_id,
+        60,
+        f"worker-1 working on job {job_id}",
     )
 
 

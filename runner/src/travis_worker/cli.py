@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import socket
 import sys
 from typing import Any
 
@@ -13,7 +14,7 @@ import yaml
 
 from travis_worker import __version__
 from travis_worker.config import Config, ConfigError, load_config
-from travis_worker.keys import Keys
+from travis_worker.keys import Keys, host_of
 from travis_worker.queue import Queue, loads_safely, parse_iso, server_time
 from travis_worker.redact import RedactingFormatter, mask_urls
 
@@ -48,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
         "status", parents=[common], help="every worker: state, job, heartbeat age, counts"
     )
     status.add_argument("--json", action="store_true")
+    status.add_argument(
+        "--local", action="store_true", help="only this box's workers (worker id <this host name>:...)"
+    )
     failed = sub.add_parser("failed", parents=[common], help="the failed list with reasons")
     failed.add_argument("--json", action="store_true")
     retry = sub.add_parser("retry", parents=[common], help="requeue failed job(s)")
@@ -139,6 +143,7 @@ def worker_rows(client: redis.Redis, keys: Keys, default_interval: float) -> lis
         rows.append(
             {
                 "id": worker_id,
+                "host": host_of(worker_id),
                 "state": state,
                 "job_id": doc.get("job_id") if isinstance(doc.get("job_id"), (int, str)) else None,
                 "vm": doc.get("vm") if isinstance(doc.get("vm"), str) else None,
@@ -170,6 +175,9 @@ def _count(value: str | None) -> int:
 
 def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
     rows = worker_rows(_client(cfg), Keys(cfg.namespace), float(cfg["heartbeat_interval"]))
+    if args.local:
+        host = socket.gethostname()  # what make_worker_id puts first in this box's worker ids
+        rows = [row for row in rows if row["host"] == host]
     if args.json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK

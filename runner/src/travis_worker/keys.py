@@ -65,4 +65,16 @@ class Keys:
 
     @property
     def vm_state(self) -> str:
+        """Hash of every box's VMs: field `<host>:<vm>` (vm_field), value the VM's worker's state."""
         return f"{self.ns}:travis:vm_state"
+
+
+def host_of(worker_id: str) -> str:
+    """The host part of a worker id `<host>:<pid>:<queue>`: the box's host name (`socket.gethostname()`)."""
+    return worker_id.split(":", 1)[0]
+
+
+def vm_field(host: str, vm: str) -> str:
+    """Field of VM `vm` of box `host` in `vm_state`: `<host>:<vm>`. Every box names its VMs worker-1..N,
+    so the VM name alone collides across the boxes of a fleet on one Redis."""
+    return f"{host}:{vm}"

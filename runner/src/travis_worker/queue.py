@@ -12,7 +12,7 @@ from typing import Any
 
 import redis
 
-from travis_worker.keys import Keys
+from travis_worker.keys import Keys, host_of, vm_field
 from travis_worker.payload import DEFAULT_MAX_PAYLOAD, Envelope, PayloadError, read_envelope
 
 log = logging.getLogger(__name__)
@@ -197,7 +197,27 @@ class Queue:
             self.keys.stat("failed", worker_id),
         )
         if vm:
-            pipe.hdel(self.keys.vm_state, vm)
+            pipe.hdel(self.keys.vm_state, vm_field(host_of(worker_id), vm))
+
+    def drop_legacy_vm_state(self, vm: str) -> bool:
+        """Remove this box's entry of the old form (field = the bare VM name, before `<host>:<vm>`) that a
+        runner of an earlier version left for `vm`; another box's old entry (its "worker" id names another
+        host) stays for that box's runner to remove. True when one was removed."""
+        for _ in range(REAP_RETRIES):
+            with self.r.pipeline(transaction=True) as pipe:
+                try:
+                    pipe.watch(self.keys.vm_state)
+                    doc = loads_safely(pipe.hget(self.keys.vm_state, vm))
+                    owner = doc.get("worker") if isinstance(doc, dict) else None
+                    if not isinstance(owner, str) or host_of(owner) != host_of(self.worker_id):
+                        return False
+                    pipe.multi()
+                    pipe.hdel(self.keys.vm_state, vm)
+                    pipe.execute()
+                    return True
+                except redis.WatchError:
+                    continue
+        return False
 
     def beat(self) -> None:
         self.r.hset(self.keys.heartbeat, self.worker_id, now_iso(server_time(self.r)))
@@ -409,7 +429,8 @@ class Queue:
                         doc = loads_safely(state)
                         vm = doc.get("vm") if isinstance(doc, dict) else None
                         vm = vm if isinstance(vm, str) else None
-                    vm_owner = pipe.hget(self.keys.vm_state, vm) if vm else None
+                    field = vm_field(host_of(worker_id), vm) if vm else None
+                    vm_owner = pipe.hget(self.keys.vm_state, field) if field else None
                     pipe.multi()
                     outcomes = []
                     for raw in reversed(jobs):  # LPUSH in reverse keeps their order at the head

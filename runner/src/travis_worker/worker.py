@@ -14,7 +14,7 @@ import redis
 
 from travis_worker.config import Config
 from travis_worker.executor import Executor, Limits, SandboxError, make_executor
-from travis_worker.keys import Keys
+from travis_worker.keys import Keys, host_of, vm_field
 from travis_worker.metrics import Metrics
 from travis_worker.payload import Envelope, Job, PayloadError, job_of
 from travis_worker.queue import Queue, loads_safely, make_worker_id, now_iso, server_time
@@ -136,7 +136,8 @@ class Worker:
         extra = {"heartbeat_interval": self.interval, "beat": self.last_beat}
         writes = [(self.keys.worker_state, self.id, json.dumps({**doc, **extra}))]
         if self.vm:
-            writes.append((self.keys.vm_state, self.vm, json.dumps({**doc, "worker": self.id})))
+            field = vm_field(host_of(self.id), self.vm)
+            writes.append((self.keys.vm_state, field, json.dumps({**doc, "worker": self.id})))
         return writes
 
     def _write_state(self, pipe: Any = None) -> None:
@@ -284,6 +285,12 @@ class Worker:
             log.info("worker %s stopped before Redis could be reached: no job was taken", self.id)
             return 0
         self.set_state("idle")
+        if self.vm:
+            try:
+                if self.queue.drop_legacy_vm_state(self.vm):
+                    log.info("removed this box's vm_state entry of the old form (field %s)", self.vm)
+            except redis.RedisError as exc:
+                log.warning("old vm_state entry not checked: %s", exc)
         log.info("worker %s started on queue %s (vm %s)", self.id, self.cfg["queue"], self.vm or "-")
         try:
             self.reap()

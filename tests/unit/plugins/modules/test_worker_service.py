@@ -56,10 +56,17 @@ class FakeRedis:
 
 @pytest.fixture
 def fake_redis(monkeypatch: pytest.MonkeyPatch) -> type[FakeRedis]:
+    # two boxes on one Redis, both with worker-1 and worker-2 (the tests run the module on box-a), and
+    # entries of the old form (field = VM name alone, last written by box-b's earlier runner)
+    monkeypatch.setattr("socket.gethostname", lambda: "box-a")
     FakeRedis.data = {
         "resque:travis:vm_state": {
-            "worker-1": '{"state": "busy", "job_id": "4711", "since": 1700000000}',
-            "worker-2": '{"state": "idle", "job_id": null}',
+            "box-a:worker-1": '{"state": "busy", "job_id": "4711", "since": 1700000000}',
+            "box-a:worker-2": '{"state": "idle", "job_id": null}',
+            "box-b:worker-1": '{"state": "idle", "job_id": null}',
+            "box-b:worker-2": '{"state": "busy", "job_id": "9999"}',
+            "worker-1": '{"state": "idle", "job_id": null, "worker": "box-b:77:builds"}',
+            "worker-2": '{"state": "busy", "job_id": "8888", "worker": "box-b:78:builds"}',
         },
         "resque:queues": {"builds"},
         "resque:queue:builds": [  # what the runner LPUSHes when SIGQUIT interrupts job 4711
@@ -123,6 +130,34 @@ def test_stop_waits_for_the_busy_worker(run_module, fake_redis) -> None:
     assert w1["waited"] >= 0.3 and w2["waited"] < w1["waited"]
     assert not w1["forced"] and not w1["requeued"]
     assert result["diff"]["after"] == f"{W1}: inactive\n{W2}: inactive\n"
+
+
+def test_each_box_reads_only_its_own_vms(run_module, fake_redis, monkeypatch) -> None:
+    """Both boxes name their VMs worker-1 and worker-2: on box-b, worker-2 runs job 9999 and worker-1 is idle,
+    whatever box-a's worker-1 does and whatever old-form entries say."""
+    monkeypatch.setattr("socket.gethostname", lambda: "box-b")
+    args = {
+        "name": ["worker-1", "worker-2"],
+        "state": "stopped",
+        "redis_url": "redis://:s3cret@10.0.3.1:6390/0",
+    }
+    result = run_module(worker_service.main, args, [show((W1, "active"), (W2, "active"))], check_mode=True)
+    w1, w2 = result["workers"]
+    assert (w1["busy"], w1["job_id"]) == (False, None)
+    assert (w2["busy"], w2["job_id"]) == (True, "9999")
+
+
+def test_a_box_without_entries_of_its_own_reads_none_of_the_others(
+    run_module, fake_redis, monkeypatch
+) -> None:
+    monkeypatch.setattr("socket.gethostname", lambda: "box-c")
+    args = {
+        "name": ["worker-1", "worker-2"],
+        "state": "stopped",
+        "redis_url": "redis://:s3cret@10.0.3.1:6390/0",
+    }
+    result = run_module(worker_service.main, args, [show((W1, "active"), (W2, "active"))], check_mode=True)
+    assert [(w["busy"], w["job_id"]) for w in result["workers"]] == [(False, None), (False, None)]
 
 
 def test_force_after_requeues_busy_job(run_module, fake_redis) -> None:
