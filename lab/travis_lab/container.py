@@ -268,6 +268,33 @@ def _seed_rootfs(rootfs: Path, name: str, pubkey: str) -> None:
     (rootfs / "etc/apt/apt.conf.d/90twlab-confold").write_text(_data("apt-confold.conf"))
 
 
+def _start_new(name: str, arch: str, bridge: str, lxc_path: Path, key: Path, timeout: float) -> str:
+    """Write the config of the new container `name` (its rootfs in place, a fresh MAC), start it, wait for its
+    DHCP address and sshd; return the address."""
+    base = lxc_path / name
+    mac = "00:16:3e:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
+    (base / "config").write_text(
+        CONFIG.format(name=name, arch=arch, rootfs=base / "rootfs", bridge=bridge, mac=mac)
+    )
+    run(
+        ["lxc-start", "-n", name, "-P", str(lxc_path), "-d", "-o", str(base / "start.log"), "-l", "INFO"],
+        "container-start",
+        f"see {base / 'start.log'}",
+    )
+    ip = _wait_ip(name, bridge, lxc_path, timeout)
+    _wait_ssh(name, ip, key, timeout)
+    return ip
+
+
+def _remove_failed(name: str, what: str, cache_dir: Path | None, lxc_path: Path) -> None:
+    """Remove the half-made container `name` after a failure, keeping the original error the caller raises."""
+    log.error("%s: %s failed; removing it", name, what)
+    try:
+        destroy_container(name, cache_dir=cache_dir, lxc_path=lxc_path)
+    except Exception as exc:  # keep the original error
+        log.error("cleanup of %s failed too: %s", name, exc)
+
+
 def create_container(
     name: str,
     rootfs_tarball: Path,
@@ -317,23 +344,9 @@ def create_container(
             "and free disk under /var/lib/lxc",
         )
         _seed_rootfs(rootfs, name, key.with_suffix(".pub").read_text())
-        mac = "00:16:3e:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
-        (base / "config").write_text(
-            CONFIG.format(name=name, arch=arch, rootfs=rootfs, bridge=bridge, mac=mac)
-        )
-        run(
-            ["lxc-start", "-n", name, "-P", str(lxc_path), "-d", "-o", str(base / "start.log"), "-l", "INFO"],
-            "container-start",
-            f"see {base / 'start.log'}",
-        )
-        ip = _wait_ip(name, bridge, lxc_path, timeout)
-        _wait_ssh(name, ip, key, timeout)
+        ip = _start_new(name, arch, bridge, lxc_path, key, timeout)
     except BaseException:
-        log.error("creating %s failed; removing it", name)
-        try:
-            destroy_container(name, cache_dir=cache_dir, lxc_path=lxc_path)
-        except Exception as exc:  # keep the original error
-            log.error("cleanup of %s failed too: %s", name, exc)
+        _remove_failed(name, "creating", cache_dir, lxc_path)
         raise
     log.info("container %s up at %s in %.1f s", name, ip, time.monotonic() - t0)
     return BoxContainer(name=name, ip=ip, ssh_key=key, lxc_path=lxc_path, cache_dir=cache_dir)
@@ -395,28 +408,14 @@ def clone_container(
         )
         _seed_rootfs(rootfs, name, key.with_suffix(".pub").read_text())
         (rootfs / "etc/machine-id").write_text(secrets.token_hex(16) + "\n")
-        mac = "00:16:3e:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
         arch = next(
             (line.split("=", 1)[1].strip() for line in (src / "config").read_text().splitlines()
              if line.startswith("lxc.arch")),
             "amd64",
         )  # fmt: skip
-        (base / "config").write_text(
-            CONFIG.format(name=name, arch=arch, rootfs=rootfs, bridge=bridge, mac=mac)
-        )
-        run(
-            ["lxc-start", "-n", name, "-P", str(lxc_path), "-d", "-o", str(base / "start.log"), "-l", "INFO"],
-            "container-start",
-            f"see {base / 'start.log'}",
-        )
-        ip = _wait_ip(name, bridge, lxc_path, timeout)
-        _wait_ssh(name, ip, key, timeout)
+        ip = _start_new(name, arch, bridge, lxc_path, key, timeout)
     except BaseException:
-        log.error("cloning %s from %s failed; removing it", name, source)
-        try:
-            destroy_container(name, cache_dir=cache_dir, lxc_path=lxc_path)
-        except Exception as exc:  # keep the original error
-            log.error("cleanup of %s failed too: %s", name, exc)
+        _remove_failed(name, f"cloning from {source}", cache_dir, lxc_path)
         raise
     log.info("container %s cloned from %s, up at %s in %.1f s", name, source, ip, time.monotonic() - t0)
     return BoxContainer(name=name, ip=ip, ssh_key=key, lxc_path=lxc_path, cache_dir=cache_dir)
