@@ -143,8 +143,24 @@ class Systemctl(CommandRunner):
     def reset_failed(self, units: list[str]) -> None:
         """Clear the units' failed state and start rate-limit counter. systemd counts every start towards
         ``StartLimitBurst``, an operator's too: without this, the sixth deliberate start or restart within
-        ``StartLimitIntervalSec`` is refused ("start of the service was attempted too often")."""
-        self._verb("reset-failed", units, False)
+        ``StartLimitIntervalSec`` is refused ("start of the service was attempted too often").
+        A unit systemd has not loaded (an instance not started since it was collected) has no counter:
+        systemctl says "Unit ... not loaded." and exits 1 after resetting the others; that is no failure."""
+        if not units:
+            return
+        args = ["reset-failed", "--", *units]
+        rc, out, err = self.run(args, f"reset-failed {', '.join(units)}", check=False, changes=True)
+        if rc != 0 and any(
+            line.strip() and not line.rstrip().endswith("not loaded.") for line in err.splitlines()
+        ):
+            raise SystemctlError(
+                f"systemctl failed to reset-failed {', '.join(units)}: {headline(err)} — check "
+                "`systemctl status` for the unit named here",
+                cmd=self.argv(args),
+                rc=rc,
+                stdout=out,
+                stderr=err,
+            )
 
     def stop(self, units: list[str], no_block: bool = False) -> None:
         self._verb("stop", units, no_block)

@@ -231,6 +231,27 @@ def test_started_starts_inactive(run_module) -> None:
     assert result["workers"][1]["state"] == "active"
 
 
+def test_start_of_a_unit_systemd_has_not_loaded(run_module) -> None:
+    """reset-failed of an instance systemd has not loaded exits 1 ("Unit ... not loaded.": systemd 252's
+    systemctl on Debian 12, captured in this lab's box, CI run of 2026-12-02): no counter to reset, so the
+    start goes on. Any other reset-failed error fails the task."""
+    not_loaded = f"Failed to reset failed state of unit {W1}: Unit {W1} not loaded.\n"
+    calls = [
+        show((W1, "inactive")),
+        call([SYSTEMCTL, "reset-failed", "--", W1], rc=1, stderr=not_loaded),
+        call([SYSTEMCTL, "start", "--", W1]),
+        show((W1, "active")),
+    ]
+    result = run_module(worker_service.main, {"name": ["worker-1"], "state": "started"}, calls)
+    assert result["changed"] is True and result.get("failed") is not True, result
+    assert result["workers"][0]["state"] == "active"
+
+    denied = "Failed to reset failed state of unit x: Access denied\n"
+    calls = [show((W1, "inactive")), call([SYSTEMCTL, "reset-failed", "--", W1], rc=1, stderr=denied)]
+    result = run_module(worker_service.main, {"name": ["worker-1"], "state": "started"}, calls)
+    assert result["failed"] is True and "Access denied" in result["msg"], result
+
+
 def test_reloaded_reloads_active_and_starts_inactive(run_module) -> None:
     calls = [
         show((W1, "active"), (W2, "inactive")),
