@@ -268,6 +268,21 @@ def _seed_rootfs(rootfs: Path, name: str, pubkey: str) -> None:
     (rootfs / "etc/apt/apt.conf.d/90twlab-confold").write_text(_data("apt-confold.conf"))
 
 
+def _claim(name: str, lxc_path: Path, cache_dir: Path | None, **info: object) -> Path:
+    """Refuse a name that exists, record it in the lab state before anything is written (so a failed
+    create is still cleaned up), and return the lab's SSH key."""
+    base = lxc_path / name
+    if base.exists() or container_state(name, lxc_path) != "ABSENT":
+        raise LabError(
+            "container",
+            f"container {name} already exists at {base}",
+            f"pick another name, or `python -m travis_lab down {name}` if the lab made it",
+        )
+    key = lab_keypair(cache_dir)
+    State(cache_dir).add(name, lxc_path=str(lxc_path), **info)
+    return key
+
+
 def _start_new(name: str, arch: str, bridge: str, lxc_path: Path, key: Path, timeout: float) -> str:
     """Write the config of the new container `name` (its rootfs in place, a fresh MAC), start it, wait for its
     DHCP address and sshd; return the address."""
@@ -313,15 +328,7 @@ def create_container(
         )
     net.ensure_bridge(bridge)
     base = lxc_path / name
-    if base.exists() or container_state(name, lxc_path) != "ABSENT":
-        raise LabError(
-            "container",
-            f"container {name} already exists at {base}",
-            f"pick another name, or `python -m travis_lab down {name}` if the lab made it",
-        )
-    key = lab_keypair(cache_dir)
-    state = State(cache_dir)
-    state.add(name, lxc_path=str(lxc_path))  # recorded first: a failed create is still cleaned up
+    key = _claim(name, lxc_path, cache_dir)
     t0 = time.monotonic()
     try:
         rootfs = base / "rootfs"
@@ -387,15 +394,7 @@ def clone_container(
             f"stop it first (lxc-stop -n {source}) or build it again",
         )
     base = lxc_path / name
-    if base.exists() or container_state(name, lxc_path) != "ABSENT":
-        raise LabError(
-            "container",
-            f"container {name} already exists at {base}",
-            f"pick another name, or `python -m travis_lab down {name}` if the lab made it",
-        )
-    key = lab_keypair(cache_dir)
-    state = State(cache_dir)
-    state.add(name, lxc_path=str(lxc_path), cloned_from=source)
+    key = _claim(name, lxc_path, cache_dir, cloned_from=source)
     t0 = time.monotonic()
     try:
         base.mkdir()
