@@ -8,7 +8,11 @@ site.yml (not measured), and one probe job must pass before measuring:
 
 - for each N in `--sizes`: one box with N worker VMs; `reprovision.yml -e strategy=in_place`, then
   `-e strategy=base_box`, same recipe list (the usual recipes plus `twbench_toolchain`, a real recipe that
-  installs a language runtime and build tools from the distro, about 60 s). On the first size's lab, before
+  installs a language runtime and build tools from the distro, about 60 s): the same change (+ toolchain)
+  rolled out each way. Before the measured base_box, the fleet's first image is built from the recipes it
+  runs already (`base_box` without the toolchain; reported too, `change` "first image (from the box)"): a
+  fleet that reprovisions by base_box has an image from its last round, and its base VM carries it;
+  `--no-warm` measures the change from the box instead. On the first size's lab, before
   the reprovisions, `--pickup-builds` builds one after another on idle workers (pickup.py): job taken -> the
   build's first command, and the sandbox reset time.
 - `--fleet BxV` (empty: skipped): `base_box` on one box with V VMs (the reference), then on B boxes with V VMs
@@ -24,7 +28,7 @@ While each reprovision runs, a feeder keeps two short jobs queued. Per run:
   and serving) and per_vm_switch_s is null;
 - jobs_done: jobs finished while the playbook ran; after it, the feeder stops and the jobs it enqueued get up
   to 10 minutes to finish: jobs_failed = finished but not `passed`, jobs_lost = enqueued and never finished;
-- plays: seconds spent in each play (where the time went).
+- plays: seconds spent in each play (where the time went); change: what the run rolled out.
 
 Writes the JSON (`--out`) and prints a Markdown table for docs/playbooks.md. Not a timed test. Everything it
 creates carries the `twt-bench-` prefix and is removed at the end of each lab (`--keep` keeps the boxes).
@@ -246,7 +250,9 @@ class Runner:
         self.runs: list[dict[str, Any]] = []
         self.pickup: dict[str, Any] | None = None
 
-    def lab(self, boxes: int, vms: int, strategies: list[str], with_pickup: bool = False) -> None:
+    def lab(
+        self, boxes: int, vms: int, strategies: list[str], with_pickup: bool = False, warm: bool = False
+    ) -> None:
         work = Path(tempfile.mkdtemp(prefix=f"twt-bench-{boxes}x{vms}-", dir=self.work))
         env = {"PYTHONUNBUFFERED": "1", "ANSIBLE_ROLES_PATH": self.roles_path}
         with scratch_lab("twt-bench-", self.box_art, work, keep=self.args.keep, boxes=boxes, **env) as lab:
@@ -259,26 +265,39 @@ class Runner:
                     bench.redis, lab.box, lab.git_url, lab.commit, self.args.pickup_builds
                 )
                 print(f"  pickup/reset: {json.dumps(self.pickup)}", flush=True)
+            extra = []
+            if boxes > 1:
+                catalog = work / "catalog"
+                catalog.mkdir(exist_ok=True)
+                extra = ["-e", f"reprovision_catalog={catalog}"]
             for strategy in strategies:
-                extra = []
-                if boxes > 1:
-                    catalog = work / "catalog"
-                    catalog.mkdir(exist_ok=True)
-                    extra = ["-e", f"reprovision_catalog={catalog}"]
-                self.runs.append(bench.measure(strategy, self.recipes, vms, boxes, *extra))
+                if strategy == "base_box" and warm:
+                    # the fleet's first image, of the recipes it already runs (without the toolchain): a box
+                    # that reprovisions by base_box has one from its last round, and its base VM carries it
+                    first = bench.measure(strategy, self.recipes[:-1], vms, boxes, *extra)
+                    self.runs.append(dict(first, change="first image (from the box)"))
+                run = bench.measure(strategy, self.recipes, vms, boxes, *extra)
+                self.runs.append(
+                    dict(
+                        run,
+                        change="+ toolchain"
+                        + ("" if warm or strategy == "in_place" else " (first image, from the box)"),
+                    )
+                )
 
 
 def table(result: dict[str, Any]) -> str:
     lines = [
-        "| strategy | boxes x VMs | wall | converged | per-VM switch (s from start) | jobs done | failed "
-        "| lost |",
-        "|---|---:|---:|---:|---|---:|---:|---:|",
+        "| strategy | change | boxes x VMs | wall | converged | per-VM switch (s from start) | jobs done "
+        "| failed | lost |",
+        "|---|---|---:|---:|---:|---|---:|---:|---:|",
     ]
     for r in result["runs"]:
         switch = ", ".join(f"{v}" for _, v in sorted((r["per_vm_switch_s"] or {}).items())) or "-"
         conv = "-" if r["converged_s"] is None else f"{r['converged_s']:.0f} s"
         lines.append(
-            f"| {r['strategy']} | {r['boxes']} x {r['vms'] // r['boxes']} | {r['wall_s']:.0f} s | {conv} | "
+            f"| {r['strategy']} | {r.get('change', '')} | {r['boxes']} x {r['vms'] // r['boxes']} "
+            f"| {r['wall_s']:.0f} s | {conv} | "
             f"{switch} | {r['jobs_done']} | {r['jobs_failed']} | {r['jobs_lost']} |"
         )
     return "\n".join(lines)
@@ -292,6 +311,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--packages", default="build-essential ruby-full default-jdk-headless")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/reprovision.json")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument(
+        "--no-warm", dest="warm", action="store_false",
+        help="size labs: measure base_box from the box (the first image) instead of from a first image",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
 
@@ -312,7 +335,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def write(complete: bool) -> dict[str, Any]:
         """The JSON so far, written after every lab: a run cut short (time, a failure) keeps its figures."""
-        first_bb = next((r for r in runner.runs if r["strategy"] == "base_box"), None)
+        first_bb = next(
+            (r for r in runner.runs if r["strategy"] == "base_box" and r["change"].startswith("+")), None
+        )
         pick = runner.pickup or {}
         result = {
             **head,
@@ -330,7 +355,9 @@ def main(argv: list[str] | None = None) -> int:
         return result
 
     for i, n in enumerate(sizes):
-        runner.lab(1, n, ["in_place", "base_box"], with_pickup=i == 0 and args.pickup_builds > 0)
+        runner.lab(
+            1, n, ["in_place", "base_box"], with_pickup=i == 0 and args.pickup_builds > 0, warm=args.warm
+        )
         write(False)
     if args.fleet:
         boxes, vms = (int(x) for x in args.fleet.split("x"))

@@ -21,7 +21,8 @@ description:
     replaced atomically; C(<store>/<slug>/users/<vm>) (written by the runners) names the version each VM runs.
     C(<slug>) is the box name with C(/) replaced by C(-VAGRANTSLASH-).
   - O(state=published) - a new version from the stopped base VM. LXC - its root filesystem is copied once
-    (C(rsync -aHAX --numeric-ids), xattrs such as file capabilities kept) into C(<version>/rootfs);
+    (C(rsync -aHAX --numeric-ids), xattrs such as file capabilities kept) into C(<version>/rootfs), files
+    unchanged since the current image (else the newest) hard-linked to it (C(--link-dest)), not copied;
     C(/etc/machine-id) is emptied in the copy (the VMs of an image must not share the base VM's id; the LXC
     helper gives each VM its own). VirtualBox (module_utils C(virtualbox_image), shared with the other
     VirtualBox tools) - the base VM must be powered off (a cold snapshot, or every clone would start from its
@@ -452,12 +453,14 @@ class Store:
             "created": None,
             "built_on": p["hostname"] or socket.gethostname(),
         }
+        link = self.link_base()
         try:
             self.run(
                 [
                     self.module.get_bin_path("rsync", required=True),
                     "-aHAX",
                     "--numeric-ids",
+                    *([f"--link-dest={link}"] if link else []),
                     rootfs + "/",
                     os.path.join(vdir, "rootfs") + "/",
                 ],
@@ -466,6 +469,8 @@ class Store:
             )
             machine_id = os.path.join(vdir, "rootfs", "etc", "machine-id")
             if os.path.isfile(machine_id) and not os.path.islink(machine_id):
+                # a new empty file, never a truncation: the copy may be a hard link into an older image
+                os.unlink(machine_id)
                 with open(machine_id, "w", encoding="utf-8"):
                     pass
             self.copy_key(p["private_key"], vdir)
@@ -478,6 +483,21 @@ class Store:
         self.result["image"] = image
         if p["activate"]:
             self.activate(version)
+
+    def link_base(self) -> Optional[str]:
+        """The rootfs of the image to hard-link unchanged files from (rsync --link-dest): the current LXC
+        image, else the newest one; None when there is none. The base VM usually starts from the current
+        image, so a new version copies only what its recipes changed. Safe because an image's files are
+        never written after it is complete (VMs mount them as a read-only lower layer, syncs and exports
+        only read them, a removal only unlinks)."""
+        found = [i for i in store_lib.images(self.bdir) if i.get("provider") == "lxc"]
+        cur = store_lib.current(self.bdir)
+        found.sort(key=lambda i: (i["version"] == cur, i["version"]))
+        for image in reversed(found):
+            rootfs = os.path.join(self.bdir, image["version"], "rootfs")
+            if os.path.isdir(rootfs):
+                return rootfs
+        return None
 
     def vbox(self) -> VBoxManage:
         return VBoxManage(self.module, dry_run=self.check)

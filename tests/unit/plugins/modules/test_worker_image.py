@@ -55,10 +55,16 @@ def publish_args(lab: dict[str, Any], version: str, digest: str = DIGEST, **extr
     )  # fmt: skip
 
 
-def rsync(lab: dict[str, Any], version: str) -> Any:
+def rsync(lab: dict[str, Any], version: str, link: str | None = None) -> Any:
+    """The publish copy; `link`: the version whose rootfs unchanged files are hard-linked from (--link-dest);
+    by default the current one, as the module picks it when `current` exists."""
+    cur = lab["bdir"] / "current"
+    link = link or (os.readlink(cur) if cur.is_symlink() else None)
     return real(
-        ["/usr/bin/rsync", "-aHAX", "--numeric-ids", f"{lab['rootfs']}/", f"{lab['bdir']}/{version}/rootfs/"]
-    )
+        ["/usr/bin/rsync", "-aHAX", "--numeric-ids",
+         *([f"--link-dest={lab['bdir']}/{link}/rootfs"] if link else []),
+         f"{lab['rootfs']}/", f"{lab['bdir']}/{version}/rootfs/"]
+    )  # fmt: skip
 
 
 def publish(run_module, lab: dict[str, Any], version: str, digest: str = DIGEST) -> dict[str, Any]:
@@ -92,6 +98,38 @@ def test_publish_lxc_copies_rootfs_once_then_image_json_then_current(run_module,
     }
 
 
+def test_publish_hard_links_what_did_not_change_since_the_current_image(run_module, lab) -> None:
+    """A second version copies only what the recipes changed: the rest are hard links to the current
+    image (rsync --link-dest), and neither emptying the copy's machine-id nor a changed file touches the
+    older image."""
+    (lab["rootfs"] / "bin" / "tool").write_text("v1\n")
+    os.utime(lab["rootfs"] / "bin" / "tool", (1_700_000_000, 1_700_000_000))
+    publish(run_module, lab, "20261202.040000")
+    (lab["rootfs"] / "bin" / "tool").write_text("v2, longer\n")  # a recipe changed it
+    (lab["rootfs"] / "etc" / "new.conf").write_text("added\n")
+    publish(run_module, lab, "20261202.050000", digest="fedcba9876543210" * 4)
+    old, new = lab["bdir"] / "20261202.040000/rootfs", lab["bdir"] / "20261202.050000/rootfs"
+    same = "etc/travis-worker-recipes.json"
+    assert (old / same).stat().st_ino == (new / same).stat().st_ino  # linked, not copied
+    assert (old / "bin/tool").read_text() == "v1\n" and (new / "bin/tool").read_text() == "v2, longer\n"
+    assert (old / "bin/tool").stat().st_ino != (new / "bin/tool").stat().st_ino
+    assert (new / "etc/new.conf").read_text() == "added\n" and not (old / "etc/new.conf").exists()
+    assert (new / "etc/machine-id").read_text() == "" == (old / "etc/machine-id").read_text()
+    assert (old / "etc/machine-id").stat().st_ino != (new / "etc/machine-id").stat().st_ino
+
+
+def test_publish_links_from_the_newest_image_when_none_is_current(run_module, lab) -> None:
+    publish(run_module, lab, "20261202.040000")
+    publish(run_module, lab, "20261202.050000", digest="fedcba9876543210" * 4)
+    (lab["bdir"] / "current").unlink()  # withdrawn (strategy=in_place)
+    result = run_module(
+        worker_image.main,
+        publish_args(lab, "20261202.060000", digest="ab" * 32),
+        [rsync(lab, "20261202.060000", link="20261202.050000")],
+    )
+    assert result["built"] and os.readlink(lab["bdir"] / "current") == "20261202.060000"
+
+
 def test_publish_same_digest_again_builds_nothing_but_reactivates(run_module, lab) -> None:
     publish(run_module, lab, "20261202.040000")
     publish(run_module, lab, "20261202.050000", digest="fedcba9876543210" * 4)
@@ -110,6 +148,7 @@ def test_failed_copy_leaves_no_version_and_current_unmoved(run_module, lab) -> N
         "/usr/bin/rsync",
         "-aHAX",
         "--numeric-ids",
+        f"--link-dest={lab['bdir']}/20261202.040000/rootfs",
         f"{lab['rootfs']}/",
         f"{lab['bdir']}/20261202.050000/rootfs/",
     ]
