@@ -343,7 +343,8 @@ def test_export_then_fetch_on_another_store(run_module, lab, tmp_path: Path) -> 
             "--numeric-owner",
             "--xattrs",
             "--xattrs-include=*",
-            "-czf",
+            "--use-compress-program=gzip -1",
+            "-cf",
             ANY,
             "-C",
             ANY,
@@ -358,6 +359,8 @@ def test_export_then_fetch_on_another_store(run_module, lab, tmp_path: Path) -> 
     args = dict(box=BOX, store=str(lab["store"]), state="exported", catalog=str(catalog))
     result = run_module(worker_image.main, args, [create])
     assert result["changed"] and result["box_file"] == str(catalog / name)
+    # readable by the connection user, who fetches it without become (the playbook's fetch)
+    assert oct((catalog / name).stat().st_mode & 0o777) == "0o644"
     meta = json.loads((catalog / "metadata.json").read_text())
     assert meta["name"] == BOX
     [entry] = meta["versions"]
