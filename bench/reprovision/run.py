@@ -312,6 +312,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/reprovision.json")
     parser.add_argument("--keep", action="store_true")
     parser.add_argument(
+        "--no-fleet-reference", dest="fleet_reference", action="store_false",
+        help="--fleet: skip the one-box reference lab (compare with an earlier run's, and say so)",
+    )  # fmt: skip
+    parser.add_argument(
         "--no-warm", dest="warm", action="store_false",
         help="size labs: measure base_box from the box (the first image) instead of from a first image",
     )  # fmt: skip
@@ -361,8 +365,9 @@ def main(argv: list[str] | None = None) -> int:
         write(False)
     if args.fleet:
         boxes, vms = (int(x) for x in args.fleet.split("x"))
-        runner.lab(1, vms, ["base_box"])  # the one-box reference for the same VMs per box
-        write(False)
+        if args.fleet_reference:
+            runner.lab(1, vms, ["base_box"])  # the one-box reference for the same VMs per box
+            write(False)
         runner.lab(boxes, vms, ["base_box"])
     print()
     print(table(write(True)))
