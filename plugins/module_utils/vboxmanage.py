@@ -35,6 +35,7 @@ __all__ = [
     "VmEntry",
     "config_file_from_human",
     "failed",
+    "parse_extpacks",
     "parse_human_info",
     "parse_list_vms",
     "parse_machinereadable",
@@ -56,6 +57,8 @@ _NOT_FOUND = re.compile(r"Could not find a registered machine|VBOX_E_OBJECT_NOT_
 _ONLINE = re.compile(r"of the running machine|VBOX_E_INVALID_VM_STATE", re.IGNORECASE)
 # 7.0 prints this human line inside --machinereadable output; 7.1 prints encryption="...".
 _RAW_ENCRYPTION = re.compile(r"^Encryption:\s+(?P<value>\S+)\s*$")
+# VBoxManageList.cpp listExtensionPacks(): "Pack no.%2zu:   %ls" opens each pack.
+_EXTPACK_HEAD = re.compile(r"^Pack no\.\s*(?P<index>\d+):\s*(?P<name>.*?)\s*$")
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,39 @@ def parse_system_properties(text: str) -> dict[str, str]:
         if sep:
             props[key.strip()] = value.strip()
     return props
+
+
+def parse_extpacks(text: str) -> list[dict[str, Any]]:
+    """Parse ``VBoxManage list extpacks`` (run with LANG=C: the labels are translatable since 7.0).
+
+    One dict per pack: ``name``, ``version``, ``revision`` (as printed), ``usable`` (bool) and
+    ``why_unusable`` (empty when usable). Lines before the first ``Pack no.`` (``Extension Packs: N``) are
+    skipped; a label this parser does not know is ignored."""
+    packs: list[dict[str, Any]] = []
+    labels = {
+        "Version": "version",
+        "Revision": "revision",
+        "Usable": "usable",
+        "Why unusable": "why_unusable",
+    }
+    for line in text.splitlines():
+        head = _EXTPACK_HEAD.match(line)
+        if head:
+            pack = {
+                "name": head.group("name"),
+                "version": "",
+                "revision": "",
+                "usable": "",
+                "why_unusable": "",
+            }
+            packs.append(pack)
+            continue
+        key, sep, value = line.partition(":")
+        if packs and sep and key in labels:
+            packs[-1][labels[key]] = value.strip()
+    for pack in packs:
+        pack["usable"] = pack["usable"] == "true"
+    return packs
 
 
 def parse_human_info(text: str) -> dict[str, str]:

@@ -202,3 +202,49 @@ def test_missing_binary_says_how_to_fix() -> None:
     with pytest.raises(vbm.VBoxManageError) as info:
         vbm.VBoxManage(FakeModule(bin_path=None)).list_vms()
     assert "VBoxManage was not found" in info.value.message and "install VirtualBox" in info.value.message
+
+
+# ---- list extpacks (recordings reconstructed from VBoxManageList.cpp listExtensionPacks()) -----------------
+
+
+def test_parse_extpacks_none() -> None:
+    assert vbm.parse_extpacks(recorded("vboxmanage/list_extpacks_none")["stdout"]) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("list_extpacks_71", ("Oracle VirtualBox Extension Pack", "7.1.12", "169651", True, "")),
+        ("list_extpacks_70", ("Oracle VM VirtualBox Extension Pack", "7.0.20", "163906", True, "")),
+        (
+            "list_extpacks_71_with_7110_pack",
+            ("Oracle VirtualBox Extension Pack", "7.1.10", "169112", True, ""),
+        ),
+        (
+            "list_extpacks_71_with_70_pack",
+            (
+                "Oracle VM VirtualBox Extension Pack",
+                "7.0.20",
+                "163906",
+                False,
+                "VBoxExtPackRegister returned VERR_VERSION_MISMATCH, pReg=0000000000000000 "
+                "ErrInfo='VirtualBox version mismatch - expected 7.0 got 7.1'",
+            ),
+        ),
+    ],
+)
+def test_parse_extpacks_one_pack(name: str, expected: tuple) -> None:
+    (pack,) = vbm.parse_extpacks(recorded(f"vboxmanage/{name}")["stdout"])
+    assert (pack["name"], pack["version"], pack["revision"], pack["usable"], pack["why_unusable"]) == expected
+
+
+def test_parse_extpacks_two_packs_and_index_ten() -> None:
+    # listExtensionPacks() separates packs by an empty line; "Pack no.%2zu:" has no space from 10 on
+    one = recorded("vboxmanage/list_extpacks_71")["stdout"].split("\n", 1)[1]
+    other = recorded("vboxmanage/list_extpacks_71_with_70_pack")["stdout"].split("\n", 1)[1]
+    text = "Extension Packs: 11\n" + one + "\n" + other.replace("Pack no. 0:", "Pack no.10:")
+    packs = vbm.parse_extpacks(text)
+    assert [(p["name"], p["version"], p["usable"]) for p in packs] == [
+        ("Oracle VirtualBox Extension Pack", "7.1.12", True),
+        ("Oracle VM VirtualBox Extension Pack", "7.0.20", False),
+    ]
