@@ -27,12 +27,15 @@ def test_repositories_are_deb822_files_with_their_keys(host):
 
 
 def test_pinned_versions_installed_and_held(host):
+    # side_effect.yml put back 7.1.10 / 2.4.2, held, and removed apt's lists: the rerun moved both to the pins
     vbox = host.package("virtualbox-7.1")
     assert vbox.is_installed and vbox.version.startswith("7.1.12-")
     vagrant = host.package("vagrant")
     assert vagrant.is_installed and vagrant.version.startswith("2.4.3-")
     held = host.check_output("dpkg --get-selections virtualbox-7.1")
     assert held.split() == ["virtualbox-7.1", "hold"]
+    held = host.check_output("dpkg --get-selections vagrant")
+    assert held.split() == ["vagrant", "hold"]
 
 
 def test_unused_packages_not_installed(host):
