@@ -463,6 +463,7 @@ class Worker:
         if self.stop_mode == "graceful":
             self._start_shutdown_timer()
         outbox = self.keys.outbox(self.id)
+        woken = False  # the sender was woken by the finish transaction (queue_tail)
         try:
             attempt = 0
 
@@ -529,6 +530,7 @@ class Worker:
                 job.id, "finished", self.id, attempt, result=result.state, reason=result.reason
             )
             self._finish(envelope, [*last_parts, finished])
+            woken = True
             self.metrics.job_finished(result.state, result.duration)
             log.info(
                 "job %s finished: %s%s", job.id, result.state, f" ({result.reason})" if result.reason else ""
@@ -538,7 +540,8 @@ class Worker:
                 self._shutdown_timer.cancel()
                 self._shutdown_timer = None
             self.current_job = None
-            self.sender.notify()
+            if not woken:  # a second wake-up would cost the sender a look at the outbox after the tail
+                self.sender.notify()
         if not self.clean and self.stop_mode is None:  # stopping: the next start-up resets it
             self.sender.wait_idle(TAIL_WAIT)  # the report tail first: the reset would compete with it
             self.reset_sandbox(f"after job {job.id}")
@@ -575,10 +578,13 @@ class Worker:
             return BuildResult("errored", f"worker error: {exc.__class__.__name__}: {exc}", None)
 
     def _finish(self, envelope: Envelope, entries: list[str]) -> None:
+        """The finish transaction; the sender is woken at once, with the entries in memory when they are the
+        whole outbox (no LRANGE before it delivers them)."""
         backoff = BACKOFF_START
         while True:
             try:
-                if not self.queue.finish(envelope, entries):
+                queued = self.sender.queue_tail(entries, lambda: self.queue.finish(envelope, entries))
+                if queued is None:
                     log.warning(
                         "job no longer in %s: finished before the connection broke, or reaped while we were "
                         "alive (then its next run reports)",
