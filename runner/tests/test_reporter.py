@@ -404,3 +404,37 @@ def test_a_hand_over_is_not_delivered_twice_when_the_sender_read_it_first(client
         assert client.llen(outbox) == 0
     finally:
         app.stop()
+
+
+def test_a_report_goes_out_with_its_headers_in_one_send() -> None:
+    """Issue #10 item 5: http.client sent a PUT's headers and body separately (with TCP_NODELAY: two
+    segments, the app woken twice); the transport sends both at once, and the app gets the same request."""
+    app = CIApp(username="u", token="t").start()
+    transport = HttpTransport(app.url, "u", "t", timeout=2)
+    sent: list[bytes] = []
+    connect = transport._connect
+
+    def recording() -> Any:
+        conn = connect()
+        send = conn.send
+
+        def counted(data: Any) -> None:
+            sent.append(bytes(data))
+            send(data)
+
+        conn.send = counted  # type: ignore[method-assign]
+        return conn
+
+    transport._connect = recording  # type: ignore[method-assign]
+    try:
+        for n in (1, 2):
+            transport.deliver(json.loads(log_entry(11, n, f"part {n}")))
+        assert len(sent) == 2, sent
+        assert sent[1].startswith(b"PUT /jobs/11/log HTTP/1.1\r\n") and sent[1].endswith(b'"final": false}')
+        assert [(r.path, r.body["number"], r.status) for r in app.requests] == [
+            ("/jobs/11/log", 1, 200),
+            ("/jobs/11/log", 2, 200),
+        ]
+    finally:
+        transport.close()
+        app.stop()

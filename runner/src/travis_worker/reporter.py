@@ -198,13 +198,37 @@ class HttpTransport:
     def _connect(self) -> http.client.HTTPConnection:
         if self._scheme == "https":
             context = _tls_context()
-            return http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout, context=context)
-        return http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
+            return _OneSendHTTPSConnection(self._host, self._port, timeout=self.timeout, context=context)
+        return _OneSendHTTPConnection(self._host, self._port, timeout=self.timeout)
 
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+class _OneSend:
+    """http.client writes a request's headers and its body with two sends (two segments with TCP_NODELAY,
+    which http.client sets: the app is woken for the headers, then again for the body); a report's body is
+    small bytes, so it goes out with its headers in one send. The bytes on the wire are the same."""
+
+    def _send_output(self, message_body: Any = None, encode_chunked: bool = False) -> None:
+        buffer = getattr(self, "_buffer", None)
+        if not isinstance(message_body, bytes) or encode_chunked or not isinstance(buffer, list):
+            super()._send_output(message_body, encode_chunked)  # type: ignore[misc]
+            return
+        buffer.extend((b"", b""))
+        message = b"\r\n".join(buffer) + message_body
+        del buffer[:]
+        self.send(message)  # type: ignore[attr-defined]
+
+
+class _OneSendHTTPConnection(_OneSend, http.client.HTTPConnection):
+    pass
+
+
+class _OneSendHTTPSConnection(_OneSend, http.client.HTTPSConnection):
+    pass
 
 
 def _tls_context() -> ssl.SSLContext:
