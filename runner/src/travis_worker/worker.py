@@ -386,9 +386,11 @@ class Worker:
                 continue
             self.handle(taken)
 
-    def reset_sandbox(self, why: str) -> bool:
+    def reset_sandbox(self, why: str, state: str | None = None) -> bool:
         """Reset the VM now (after a build, at start-up, onto a new image); a failure makes the worker
-        errored and retries until a reset works (no job is taken meanwhile)."""
+        errored and retries until a reset works (no job is taken meanwhile). `state`: the state written
+        with the reset's state document (after a build: `idle`, one write instead of `working` then
+        `idle`)."""
         log.debug("resetting the sandbox: %s", why)
         try:
             with self.metrics.sandbox_reset():
@@ -402,7 +404,7 @@ class Worker:
             self._recover_sandbox()
             return self.clean
         self.clean = True
-        self.set_state(self.state)  # writes the state document with the image the VM runs now
+        self.set_state(state or self.state)  # writes the state document with the image the VM runs now
         return True
 
     def _switch_if_due(self) -> None:
@@ -544,7 +546,7 @@ class Worker:
                 self.sender.notify()
         if not self.clean and self.stop_mode is None:  # stopping: the next start-up resets it
             self.sender.wait_idle(TAIL_WAIT)  # the report tail first: the reset would compete with it
-            self.reset_sandbox(f"after job {job.id}")
+            self.reset_sandbox(f"after job {job.id}", state="idle")
 
     def _execute(self, job: Job, stream: LogStream, taken_at: float) -> Any:
         from travis_worker.executor import BuildResult
