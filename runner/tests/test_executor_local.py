@@ -282,3 +282,26 @@ def test_builds_run_under_the_build_root_in_a_directory_of_this_process(tmp_path
     job_dir = Path(re.search(r"dir=(\S+)", out.text).group(1))
     assert job_dir.parent == tmp_path / owner_name()
     assert removed(job_dir) and job_dir.parent.is_dir()
+
+
+def test_the_worker_s_executor_removes_a_build_directory_at_the_next_reset_not_as_the_build_ends(
+    tmp_path: Path,
+) -> None:
+    """Issue #10 item 5: removing a clone (5-40 ms of file system calls on a thread of the worker) competed
+    with the job's finish transaction and report tail; the worker's executor leaves it to the reset after
+    the build (started once the tail is delivered), or to close()."""
+    from travis_worker.executor import make_executor
+
+    executor = make_executor("local", project_dir=None, vm_name=None, build_root=str(tmp_path))
+    assert isinstance(executor, LocalExecutor)
+    dirs = []
+    for _ in range(2):
+        executor.prepare()
+        out = Recorder()
+        assert executor.run('echo "dir=$PWD"', out, threading.Event(), ROOMY).state == "passed", out.text
+        dirs.append(Path(re.search(r"dir=(\S+)", out.text).group(1)))
+        time.sleep(0.3)
+        assert dirs[-1].is_dir(), "removed before the reset"
+    assert removed(dirs[0])  # by the second prepare()
+    executor.close()
+    assert removed(dirs[1])

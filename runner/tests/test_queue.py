@@ -249,7 +249,7 @@ def test_finish_after_being_reaped_queues_nothing(client: redis.Redis) -> None:
     raw = q.take(1)
     client.hset("resque:workers:heartbeat", "slow:1:builds", now_iso(0))
     make(client, "live:2:builds").reap(5)
-    assert q.finish(raw, ["final report"]) is False
+    assert q.finish(raw, ["final report"]) is None
     assert not client.exists("resque:travis:outbox:slow:1:builds")
     assert client.llen("resque:queue:builds") == 1
 

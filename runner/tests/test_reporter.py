@@ -295,3 +295,146 @@ def test_http_transport_https_verifies_with_the_environments_ca_bundle(
         assert accepted == [("/jobs/1", "started", True)]
     finally:
         app.stop()
+
+
+def counting_lrange(client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The outbox reads (LRANGE round trips) of `client`'s users: one item per call."""
+    calls: list[int] = []
+    lrange = client.lrange
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return lrange(*args, **kwargs)
+
+    monkeypatch.setattr(client, "lrange", counted)
+    return calls
+
+
+def test_the_compare_and_pop_reads_the_next_head_no_lrange_after_a_batch(
+    client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue #10 item 5: the compare-and-pop returns the outbox head after it, so 40 queued reports cost one
+    LRANGE (not three: 32, then 8, then one to find the outbox empty) and the sender is idle right after."""
+    app = CIApp(username="u", token="t").start()
+    outbox = K.outbox(WID)
+    client.rpush(outbox, *[log_entry(6, n, f"part {n}") for n in range(1, 41)])
+    reads = counting_lrange(client, monkeypatch)
+    sender = Sender(client, K, WID, HttpTransport(app.url, "u", "t", timeout=2))
+    sender.start()
+    try:
+        assert sender.wait_idle(10)
+        assert client.llen(outbox) == 0
+        assert [r.body["number"] for r in app.accepted()] == list(range(1, 41))
+        assert len(reads) == 1
+        client.rpush(outbox, state_entry(6, "finished", WID))  # queued later: notify() makes it read again
+        sender.notify()
+        assert sender.wait_idle(10)
+        assert app.accepted()[-1].body["state"] == "finished" and client.llen(outbox) == 0
+        assert len(reads) == 2
+    finally:
+        sender.stop()
+        sender.join(5)
+        app.stop()
+
+
+def test_queue_tail_hands_the_entries_over_when_they_are_the_whole_outbox(
+    client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue #10 item 5: a job's tail queued into an empty outbox is delivered without an LRANGE first (the
+    sender gets it in memory) and still popped by the compare-and-pop; queued behind an undelivered report it
+    is not handed over: the sender reads the outbox and delivers the older report first."""
+    app = CIApp(username="u", token="t").start()
+    outbox = K.outbox(WID)
+    sender = Sender(client, K, WID, HttpTransport(app.url, "u", "t", timeout=2))
+    sender.start()
+    try:
+        assert sender.wait_idle(10)  # its first look at the (empty) outbox
+        reads = counting_lrange(client, monkeypatch)
+        tail = [log_entry(8, 1, "x"), log_entry(8, 2, "", final=True), state_entry(8, "finished", WID)]
+        assert sender.queue_tail(tail, lambda: client.rpush(outbox, *tail)) == 3
+        assert sender.wait_idle(10)
+        assert [r.body.get("number") or r.body.get("state") for r in app.accepted()] == [1, 2, "finished"]
+        assert client.llen(outbox) == 0 and reads == []
+        app.refuse(True)
+        older = state_entry(9, "received", WID)
+        client.rpush(outbox, older)  # not delivered yet (the app refuses)
+        sender.notify()
+        wait_for(lambda: any(r.status == 503 for r in app.requests), 10, "a refused delivery")
+        tail = [log_entry(9, 1, "", final=True), state_entry(9, "finished", WID)]
+        assert sender.queue_tail(tail, lambda: client.rpush(outbox, *tail)) == 3
+        app.refuse(False)
+        wait_for(lambda: client.llen(outbox) == 0, 20, "outbox drained")
+        assert [r.body.get("number") or r.body.get("state") for r in app.accepted()][3:] == [
+            "received",
+            1,
+            "finished",
+        ]
+        assert reads
+    finally:
+        sender.stop()
+        sender.join(5)
+        app.stop()
+
+
+def test_a_hand_over_is_not_delivered_twice_when_the_sender_read_it_first(client: redis.Redis) -> None:
+    """The sender never reads the outbox between the finish transaction and the hand-over (`reads` lock): a
+    tail it could have read itself is handed over only when it did not."""
+    app = CIApp(username="u", token="t").start()
+    outbox = K.outbox(WID)
+    sender = Sender(client, K, WID, HttpTransport(app.url, "u", "t", timeout=2))
+    try:
+        tail = [log_entry(10, 1, "", final=True), state_entry(10, "finished", WID)]
+        got: list[bool] = []
+
+        def push() -> int:
+            length = client.rpush(outbox, *tail)
+            # the sender tries to read meanwhile: it must wait for the hand-over
+            reader = threading.Thread(target=lambda: got.append(sender._send_batch()))
+            reader.start()
+            reader.join(0.3)
+            assert reader.is_alive(), "the sender read the outbox during the finish transaction"
+            threads.append(reader)
+            return length
+
+        threads: list[threading.Thread] = []
+        sender.queue_tail(tail, push)
+        threads[0].join(10)
+        assert got == [True] and not sender._send_batch(trust_empty=True)
+        assert [r.body.get("number") or r.body.get("state") for r in app.accepted()] == [1, "finished"]
+        assert client.llen(outbox) == 0
+    finally:
+        app.stop()
+
+
+def test_a_report_goes_out_with_its_headers_in_one_send() -> None:
+    """Issue #10 item 5: http.client sent a PUT's headers and body separately (with TCP_NODELAY: two
+    segments, the app woken twice); the transport sends both at once, and the app gets the same request."""
+    app = CIApp(username="u", token="t").start()
+    transport = HttpTransport(app.url, "u", "t", timeout=2)
+    sent: list[bytes] = []
+    connect = transport._connect
+
+    def recording() -> Any:
+        conn = connect()
+        send = conn.send
+
+        def counted(data: Any) -> None:
+            sent.append(bytes(data))
+            send(data)
+
+        conn.send = counted  # type: ignore[method-assign]
+        return conn
+
+    transport._connect = recording  # type: ignore[method-assign]
+    try:
+        for n in (1, 2):
+            transport.deliver(json.loads(log_entry(11, n, f"part {n}")))
+        assert len(sent) == 2, sent
+        assert sent[1].startswith(b"PUT /jobs/11/log HTTP/1.1\r\n") and sent[1].endswith(b'"final": false}')
+        assert [(r.path, r.body["number"], r.status) for r in app.requests] == [
+            ("/jobs/11/log", 1, 200),
+            ("/jobs/11/log", 2, 200),
+        ]
+    finally:
+        transport.close()
+        app.stop()

@@ -315,3 +315,86 @@ def test_the_sender_is_woken_only_once_the_build_has_its_script(
     kinds = executor.kinds()
     assert kinds[:2] == ["prepare", "run"], kinds
     assert "notify" in kinds[2:], kinds
+
+
+def test_the_report_tail_is_handed_to_the_sender_without_an_outbox_read(
+    client: redis.Redis,
+    run_worker: Callable,
+    tmp_path: Path,
+    repo: tuple[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue #10 item 5: the finish transaction finds the outbox holding only the job's tail and hands it to
+    the sender in memory: between that transaction and the delivery of `finished` the sender's thread sends no
+    LRANGE (it did one, a round trip, after being woken)."""
+    sends: list[tuple[int, bytes]] = []
+    original = redis.connection.Connection.send_packed_command
+
+    def recording(self: Any, command: Any, *args: Any, **kwargs: Any) -> Any:
+        data = command if isinstance(command, bytes) else b"".join(bytes(c) for c in command)
+        sends.append((threading.get_ident(), data))
+        return original(self, command, *args, **kwargs)
+
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", recording)
+    executor = Recording(tmp_path / "builds")
+    worker, thread = run_worker(executor)
+    wait_for(lambda: worker.state == "idle" and executor.prepares == 1, 10, "the start-up reset")
+    for job_id in (1, 2):
+        push(client, job_json(job_id, repo, "true"))
+        wait_for(lambda n=job_id: n in finished(client), 30, f"build {job_id}")
+        wait_for(lambda: worker.state == "idle", 10, "the worker idle again")
+    for job_id in (1, 2):
+        mark = b'"state": "finished", "worker"'
+        job = f'"job_id": {job_id}, "type": "state"'.encode()
+        finish = next(
+            i
+            for i, (ident, data) in enumerate(sends)
+            if ident == thread.ident and mark in data and job in data
+        )
+        sender = [data for ident, data in sends[finish + 1 :] if ident == worker.sender.ident]
+        delivered = next(i for i, data in enumerate(sender) if mark in data and job in data)
+        assert not [data for data in sender[:delivered] if b"LRANGE" in data], sender[: delivered + 1]
+
+
+def test_after_a_build_the_worker_writes_its_state_once_before_taking_the_next_job(
+    client: redis.Redis,
+    run_worker: Callable,
+    tmp_path: Path,
+    repo: tuple[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue #10 item 5: the reset after a build wrote the state document (`working`, with the image), then
+    the main loop wrote `idle`: two round trips between a job's finish and the next BLMOVE. The reset now
+    writes `idle` itself."""
+    sends: list[tuple[int, bytes]] = []
+    original = redis.connection.Connection.send_packed_command
+
+    def recording(self: Any, command: Any, *args: Any, **kwargs: Any) -> Any:
+        data = command if isinstance(command, bytes) else b"".join(bytes(c) for c in command)
+        sends.append((threading.get_ident(), data))
+        return original(self, command, *args, **kwargs)
+
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", recording)
+    executor = Recording(tmp_path / "builds")
+    worker, thread = run_worker(executor)
+    wait_for(lambda: worker.state == "idle" and executor.prepares == 1, 10, "the start-up reset")
+    push(client, job_json(1, repo, "true"))
+    wait_for(lambda: 1 in finished(client), 30, "the build")
+    wait_for(lambda: executor.prepares == 2, 10, "the reset after the build")
+    mine = [data for ident, data in list(sends) if ident == thread.ident]
+    wait_for(
+        lambda: (
+            sum(b"BLMOVE" in d for ident, d in list(sends) if ident == thread.ident)
+            > sum(b"BLMOVE" in d for d in mine)
+        ),
+        10,
+        "the next BLMOVE",
+    )
+    mine = [data for ident, data in list(sends) if ident == thread.ident]
+    finish = max(i for i, data in enumerate(mine) if b'"state": "finished"' in data)
+    after = mine[finish + 1 : next(i for i in range(finish, len(mine)) if b"BLMOVE" in mine[i])]
+    state_writes = [data for data in after if b"worker_state" in data]
+    assert len(state_writes) == 1, after
+    assert b'"state": "idle"' in state_writes[0]
+    doc = json.loads(client.hget(Keys("resque").worker_state, worker.id))
+    assert doc["state"] == "idle"

@@ -262,7 +262,7 @@ def make_executor(
     if provider == "local":
         from .executor_local import LocalExecutor
 
-        return LocalExecutor(work_root=build_root)
+        return LocalExecutor(work_root=build_root, defer_removal=True)
     if provider in ("virtualbox", "lxc"):
         if not project_dir or not vm_name:
             raise ValueError(

@@ -135,10 +135,25 @@ class Waiting:
 class LocalExecutor:
     """Runs each job in ``<build_root>/<owner>/travis-worker-job-XXXX`` (removed afterwards) as this user."""
 
-    def __init__(self, *, work_root: Optional[str] = None, bash: str = "bash") -> None:
+    def __init__(
+        self, *, work_root: Optional[str] = None, bash: str = "bash", defer_removal: bool = False
+    ) -> None:
+        """`defer_removal` (the worker's): a finished build's directory is removed by the next prepare()
+        (the reset after the build, which the worker starts once the job's report tail is delivered), close()
+        or run(), not as the build ends: removing it would compete with the job's last round trips and
+        reports."""
         self.work_root = work_root
         self.bash = bash
         self.waiting: Optional[Waiting] = None  # the next build's process, spawned by prepare()
+        self.defer_removal = defer_removal
+        self._leftover: Optional[str] = None  # a finished build's directory, not removed yet
+
+    def _remove_leftover(self) -> None:
+        """Remove the last build's directory in the background (a clone takes 5-40 ms to delete)."""
+        job_dir, self._leftover = self._leftover, None
+        if job_dir is not None:
+            # Not a daemon thread: the interpreter waits for it at exit.
+            threading.Thread(target=remove_tree, args=(job_dir,), name="job-dir-cleanup").start()
 
     @property
     def root(self) -> str:
@@ -154,6 +169,7 @@ class LocalExecutor:
         return path
 
     def prepare(self) -> None:
+        self._remove_leftover()
         if shutil.which(self.bash) is None:
             raise SandboxError(f"local executor: {self.bash!r} not found on PATH; install bash")
         try:
@@ -177,7 +193,9 @@ class LocalExecutor:
                 raise SandboxError(f"local executor: cannot start the build's shell: {exc}") from None
 
     def close(self) -> None:
-        """Stop the build process spawned ahead, if any (the worker is stopping)."""
+        """Stop the build process spawned ahead, if any (the worker is stopping); remove the last build's
+        directory."""
+        self._remove_leftover()
         waiting, self.waiting = self.waiting, None
         if waiting is not None:
             waiting.close()
@@ -210,6 +228,7 @@ class LocalExecutor:
         limits: Limits,
         on_start: Optional[Callable[[], None]] = None,
     ) -> BuildResult:
+        self._remove_leftover()
         job_dir = tempfile.mkdtemp(prefix="travis-worker-job-", dir=self._owner_dir())
         try:
             script_path = os.path.join(job_dir, "build.sh")
@@ -232,6 +251,8 @@ class LocalExecutor:
                 on_start()
             return stream_process(proc, master, on_output, cancel, limits)
         finally:
-            # Removed in the background (a clone takes 20-40 ms to delete on a busy host): the result is
-            # reported without waiting. Not a daemon thread: the interpreter waits for it at exit.
-            threading.Thread(target=remove_tree, args=(job_dir,), name="job-dir-cleanup").start()
+            # Removed in the background (a clone takes 5-40 ms to delete): the result is reported without
+            # waiting; with defer_removal, only from the next prepare() on (after the report tail)
+            self._leftover = job_dir
+            if not self.defer_removal:
+                self._remove_leftover()

@@ -23,15 +23,17 @@ FAILED_LOOKBACK = 100  # how far back restore_registration looks in <ns>:failed
 RESQUE_PRUNE_EXCEPTIONS = ("Resque::DirtyExit", "Resque::PruneDeadWorkerDirtyExit")
 # KEYS: processing, outbox, stat:processed, stat:processed:<id>, worker:<id>[, notify]
 # ARGV: raw job, completion time, outbox entries...
+# Returns the outbox's length after the push (nil when the job was no longer ours: nothing queued).
 FINISH_LUA = """
-if not redis.call('LPOS', KEYS[1], ARGV[1]) then return 0 end
-for i = 3, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+if not redis.call('LPOS', KEYS[1], ARGV[1]) then return false end
+local length = 0
+for i = 3, #ARGV do length = redis.call('RPUSH', KEYS[2], ARGV[i]) end
 redis.call('LREM', KEYS[1], 1, ARGV[1])
 redis.call('INCR', KEYS[3])
 redis.call('INCR', KEYS[4])
 redis.call('DEL', KEYS[5])
 if KEYS[6] then redis.call('RPUSH', KEYS[6], ARGV[2]) end
-return 1
+return length
 """
 
 
@@ -341,12 +343,14 @@ class Queue:
 
     def finish(
         self, envelope: Envelope, outbox_entries: Iterable[str] = (), notify: str | None = None
-    ) -> bool:
+    ) -> int | None:
         """The job is done: its last reports enter the outbox and the job leaves processing, atomically
         (one Lua script, one round trip). `notify`: a list that gets the completion time (no-op jobs).
 
-        Returns False (and queues nothing) if the job was no longer ours: a reaper requeued it because our
-        heartbeat had expired, so the job's next run reports instead."""
+        Returns the outbox's length after the push (0 without entries): equal to the number of entries when
+        they are the whole outbox, which lets the sender deliver them without reading it first. None (and
+        queues nothing) if the job was no longer ours: a reaper requeued it because our heartbeat had
+        expired, so the job's next run reports instead."""
         keys = [
             self.keys.processing(self.worker_id),
             self.keys.outbox(self.worker_id),
@@ -356,7 +360,8 @@ class Queue:
         ]
         if notify is not None:
             keys.append(notify)
-        return bool(self._finish_script(keys=keys, args=[envelope.raw, repr(time.time()), *outbox_entries]))
+        length = self._finish_script(keys=keys, args=[envelope.raw, repr(time.time()), *outbox_entries])
+        return None if length is None else int(length)
 
     def fail(self, envelope: Envelope, *, exception: str, error: str, backtrace: Sequence[str] = ()) -> None:
         """Straight to resque's failed list (bad payload): no retry can fix it."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import codecs
+import contextlib
 import http.client
 import json
 import logging
@@ -14,6 +15,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 import redis
@@ -37,13 +39,15 @@ PERMANENT_HTTP = (400, 404, 409, 410, 422)
 SEND_BATCH = 32
 
 # KEYS: outbox; ARGV: the entries that were delivered, in order. Pops them only if they are still the head (a
-# reaper may have moved the outbox meanwhile): never drops a newer, undelivered report.
-POP_DELIVERED_LUA = """
+# reaper may have moved the outbox meanwhile): never drops a newer, undelivered report. Returns the new head
+# (up to SEND_BATCH entries; empty: the outbox is empty), so that the sender needs no LRANGE for its next
+# batch nor to find the outbox empty; nil (None) when nothing was popped.
+POP_DELIVERED_LUA = f"""
 for i = 1, #ARGV do
-  if redis.call('LINDEX', KEYS[1], i - 1) ~= ARGV[i] then return 0 end
+  if redis.call('LINDEX', KEYS[1], i - 1) ~= ARGV[i] then return false end
 end
 redis.call('LTRIM', KEYS[1], #ARGV, -1)
-return #ARGV
+return redis.call('LRANGE', KEYS[1], 0, {SEND_BATCH - 1})
 """
 # KEYS: outbox, reporting list; ARGV: pairs of (outbox entry, its message). Delivery and pop in one step per
 # entry, as long as the entry is still the outbox head; returns how many were delivered.
@@ -97,9 +101,12 @@ Batch = list[tuple[str, dict[str, Any]]]  # outbox entries from the head, in ord
 
 
 class Transport(Protocol):
-    def send(self, client: redis.Redis, outbox: str, batch: Batch) -> None:
+    def send(
+        self, client: redis.Redis, outbox: str, batch: Batch, guard: AbstractContextManager[Any] | None = None
+    ) -> list[str] | None:
         """Deliver the entries of `batch` in order and pop exactly those delivered (compare-and-pop); raise on
-        a failure (after popping the ones delivered before it)."""
+        a failure (after popping the ones delivered before it). Returns the outbox head after the pop when the
+        pop read it (None: unknown). `guard` is held around the pop (the sender's `reads` lock)."""
 
 
 class HttpTransport:
@@ -129,8 +136,11 @@ class HttpTransport:
             self.session = requests.Session()
             self.session.auth = (username, token)
 
-    def send(self, client: redis.Redis, outbox: str, batch: Batch) -> None:
+    def send(
+        self, client: redis.Redis, outbox: str, batch: Batch, guard: AbstractContextManager[Any] | None = None
+    ) -> list[str] | None:
         delivered: list[str] = []
+        head = None
         try:
             for raw, entry in batch:
                 self.deliver(entry)
@@ -140,10 +150,13 @@ class HttpTransport:
             if delivered:
                 if self._pop is None:
                     self._pop = client.register_script(POP_DELIVERED_LUA)
-                if not self._pop(keys=[outbox], args=delivered):
+                with guard or contextlib.nullcontext():
+                    head = self._pop(keys=[outbox], args=delivered)
+                if head is None:
                     log.info(
                         "outbox %s changed during delivery (taken over by a reaper); none popped", outbox
                     )
+        return head
 
     def deliver(self, entry: dict[str, Any]) -> None:
         suffix = f"/jobs/{entry['job_id']}" + ("/log" if entry["type"] == "log" else "")
@@ -185,13 +198,37 @@ class HttpTransport:
     def _connect(self) -> http.client.HTTPConnection:
         if self._scheme == "https":
             context = _tls_context()
-            return http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout, context=context)
-        return http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
+            return _OneSendHTTPSConnection(self._host, self._port, timeout=self.timeout, context=context)
+        return _OneSendHTTPConnection(self._host, self._port, timeout=self.timeout)
 
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+class _OneSend:
+    """http.client writes a request's headers and its body with two sends (two segments with TCP_NODELAY,
+    which http.client sets: the app is woken for the headers, then again for the body); a report's body is
+    small bytes, so it goes out with its headers in one send. The bytes on the wire are the same."""
+
+    def _send_output(self, message_body: Any = None, encode_chunked: bool = False) -> None:
+        buffer = getattr(self, "_buffer", None)
+        if not isinstance(message_body, bytes) or encode_chunked or not isinstance(buffer, list):
+            super()._send_output(message_body, encode_chunked)  # type: ignore[misc]
+            return
+        buffer.extend((b"", b""))
+        message = b"\r\n".join(buffer) + message_body
+        del buffer[:]
+        self.send(message)  # type: ignore[attr-defined]
+
+
+class _OneSendHTTPConnection(_OneSend, http.client.HTTPConnection):
+    pass
+
+
+class _OneSendHTTPSConnection(_OneSend, http.client.HTTPSConnection):
+    pass
 
 
 def _tls_context() -> ssl.SSLContext:
@@ -222,16 +259,23 @@ class RedisTransport:
     def message(entry: dict[str, Any]) -> str:
         return json.dumps({"event": f"job:{entry['type']}", "job_id": entry["job_id"], **entry["body"]})
 
-    def send(self, client: redis.Redis, outbox: str, batch: Batch) -> None:
+    def send(
+        self, client: redis.Redis, outbox: str, batch: Batch, guard: AbstractContextManager[Any] | None = None
+    ) -> list[str] | None:
         if self._deliver is None:
             self._deliver = client.register_script(DELIVER_REDIS_LUA)
         args = [value for raw, entry in batch for value in (raw, self.message(entry))]
         self._deliver(keys=[outbox, self.keys.reporting], args=args)
+        return None
 
 
 class Sender(threading.Thread):
-    """Reads up to SEND_BATCH entries from the outbox head in one round trip, delivers them in order and pops
-    those delivered; on failure waits with exponential backoff and tries again."""
+    """Delivers the outbox head in order, up to SEND_BATCH entries at a time, and pops those delivered; on
+    failure waits with exponential backoff and tries again.
+
+    Where the head comes from, without a Redis round trip when it can: the entries a job's finish transaction
+    queued into an empty outbox, handed over in memory (`queue_tail`); else the head the last compare-and-pop
+    read (`POP_DELIVERED_LUA`); else one LRANGE (at start-up, after a failure, or whenever in doubt)."""
 
     def __init__(self, client: redis.Redis, keys: Keys, worker_id: str, transport: Transport):
         super().__init__(name="reporter", daemon=True)
@@ -244,13 +288,21 @@ class Sender(threading.Thread):
         # set when the sender found the outbox empty and nothing was queued since: a hint for wait_idle(),
         # never a guarantee (a notify() racing with the check may leave it set for a moment)
         self.idle = threading.Event()
+        # held by this thread around every read of the outbox (LRANGE, the compare-and-pop) and by queue_tail
+        # around the finish transaction: what queue_tail hands over was never read by this thread
+        self.reads = threading.Lock()
+        self._handed: list[str] | None = None  # the outbox head, handed over by queue_tail
+        self._known: list[str] | None = None  # the outbox head as the last compare-and-pop read it
 
     def run(self) -> None:
         backoff = BACKOFF_START
         while not self.stopping.is_set():
+            # a notify() since the last clear (which came before the last compare-and-pop) may have queued
+            # entries after the head that pop read: then an empty head it read is not trusted
+            notified = self.wake.is_set()
             self.wake.clear()  # before looking: a notify() from now on is never lost
             try:
-                if self._send_batch():
+                if self._send_batch(trust_empty=not notified):
                     backoff = BACKOFF_START
                     continue
                 if not self.wake.is_set():
@@ -265,10 +317,20 @@ class Sender(threading.Thread):
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
 
-    def _send_batch(self) -> bool:
+    def _head(self, trust_empty: bool) -> list[str]:
+        with self.reads:
+            handed, self._handed = self._handed, None
+            known, self._known = self._known, None
+            if handed is not None:
+                return handed
+            if known or (known is not None and trust_empty):
+                return known
+            return self.r.lrange(self.outbox, 0, SEND_BATCH - 1)
+
+    def _send_batch(self, trust_empty: bool = False) -> bool:
         """Deliver what is at the outbox head (up to SEND_BATCH entries, up to the first unreadable one, which
         is dropped when it is the head). False when the outbox was empty."""
-        raws = self.r.lrange(self.outbox, 0, SEND_BATCH - 1)
+        raws = self._head(trust_empty)
         if not raws:
             return False
         batch: Batch = []
@@ -283,8 +345,21 @@ class Sender(threading.Thread):
             pipe.lrem(self.outbox, 1, raws[0])
             pipe.execute()
             return True
-        self.transport.send(self.r, self.outbox, batch)
+        self._known = self.transport.send(self.r, self.outbox, batch, guard=self.reads)
         return True
+
+    def queue_tail(self, entries: list[str], push: Callable[[], int | None]) -> int | None:
+        """Run `push`, a Redis write that appends `entries` to the outbox (a job's finish transaction) and
+        returns the outbox's length after it (None: it appended nothing), then wake the sender. When the
+        outbox then held exactly `entries`, they are its head: they are handed to the sender in memory, which
+        delivers them without reading the outbox first (and still pops them with the compare-and-pop).
+        Returns what `push` returned; its exceptions propagate."""
+        with self.reads:  # no read of the outbox by the sender between the push and the hand-over
+            length = push()
+            if entries and length == len(entries) and len(entries) <= SEND_BATCH:
+                self._handed = list(entries)
+        self.notify()
+        return length
 
     def notify(self) -> None:
         self.idle.clear()

@@ -386,9 +386,11 @@ class Worker:
                 continue
             self.handle(taken)
 
-    def reset_sandbox(self, why: str) -> bool:
+    def reset_sandbox(self, why: str, state: str | None = None) -> bool:
         """Reset the VM now (after a build, at start-up, onto a new image); a failure makes the worker
-        errored and retries until a reset works (no job is taken meanwhile)."""
+        errored and retries until a reset works (no job is taken meanwhile). `state`: the state written
+        with the reset's state document (after a build: `idle`, one write instead of `working` then
+        `idle`)."""
         log.debug("resetting the sandbox: %s", why)
         try:
             with self.metrics.sandbox_reset():
@@ -402,7 +404,7 @@ class Worker:
             self._recover_sandbox()
             return self.clean
         self.clean = True
-        self.set_state(self.state)  # writes the state document with the image the VM runs now
+        self.set_state(state or self.state)  # writes the state document with the image the VM runs now
         return True
 
     def _switch_if_due(self) -> None:
@@ -463,6 +465,7 @@ class Worker:
         if self.stop_mode == "graceful":
             self._start_shutdown_timer()
         outbox = self.keys.outbox(self.id)
+        woken = False  # the sender was woken by the finish transaction (queue_tail)
         try:
             attempt = 0
 
@@ -529,6 +532,7 @@ class Worker:
                 job.id, "finished", self.id, attempt, result=result.state, reason=result.reason
             )
             self._finish(envelope, [*last_parts, finished])
+            woken = True
             self.metrics.job_finished(result.state, result.duration)
             log.info(
                 "job %s finished: %s%s", job.id, result.state, f" ({result.reason})" if result.reason else ""
@@ -538,10 +542,11 @@ class Worker:
                 self._shutdown_timer.cancel()
                 self._shutdown_timer = None
             self.current_job = None
-            self.sender.notify()
+            if not woken:  # a second wake-up would cost the sender a look at the outbox after the tail
+                self.sender.notify()
         if not self.clean and self.stop_mode is None:  # stopping: the next start-up resets it
             self.sender.wait_idle(TAIL_WAIT)  # the report tail first: the reset would compete with it
-            self.reset_sandbox(f"after job {job.id}")
+            self.reset_sandbox(f"after job {job.id}", state="idle")
 
     def _execute(self, job: Job, stream: LogStream, taken_at: float) -> Any:
         from travis_worker.executor import BuildResult
@@ -575,10 +580,13 @@ class Worker:
             return BuildResult("errored", f"worker error: {exc.__class__.__name__}: {exc}", None)
 
     def _finish(self, envelope: Envelope, entries: list[str]) -> None:
+        """The finish transaction; the sender is woken at once, with the entries in memory when they are the
+        whole outbox (no LRANGE before it delivers them)."""
         backoff = BACKOFF_START
         while True:
             try:
-                if not self.queue.finish(envelope, entries):
+                queued = self.sender.queue_tail(entries, lambda: self.queue.finish(envelope, entries))
+                if queued is None:
                     log.warning(
                         "job no longer in %s: finished before the connection broke, or reaped while we were "
                         "alive (then its next run reports)",
