@@ -203,6 +203,20 @@ def test_idle_worker_switches_when_a_new_image_is_published_and_reports_it(
     assert executor.prepares == 2  # not due any more: no further resets while idle
 
 
+def record_redis_sends(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bytes]]:
+    """Every command a redis-py connection sends from now on, as (thread id, the bytes on the wire)."""
+    sends: list[tuple[int, bytes]] = []
+    original = redis.connection.Connection.send_packed_command
+
+    def recording(self: Any, command: Any, *args: Any, **kwargs: Any) -> Any:
+        data = command if isinstance(command, bytes) else b"".join(bytes(c) for c in command)
+        sends.append((threading.get_ident(), data))
+        return original(self, command, *args, **kwargs)
+
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", recording)
+    return sends
+
+
 def test_a_clean_sandbox_job_costs_one_redis_round_trip_between_pickup_and_build(
     client: redis.Redis,
     run_worker: Callable,
@@ -213,15 +227,7 @@ def test_a_clean_sandbox_job_costs_one_redis_round_trip_between_pickup_and_build
     """Issue #10 round 2: with the sandbox reset before pickup, marking the job, numbering the attempt, the
     state `working` and the `received`/`started` reports are one Lua script: one round trip of the worker's
     thread between the BLMOVE that took the job and the build's start (it was 4: MULTI, state, 2 RPUSH)."""
-    sends: list[tuple[int, bytes]] = []
-    original = redis.connection.Connection.send_packed_command
-
-    def recording(self: Any, command: Any, *args: Any, **kwargs: Any) -> Any:
-        data = command if isinstance(command, bytes) else b"".join(bytes(c) for c in command)
-        sends.append((threading.get_ident(), data))
-        return original(self, command, *args, **kwargs)
-
-    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", recording)
+    sends = record_redis_sends(monkeypatch)
     executor = Recording(tmp_path / "builds")
     sent_at_run: list[int] = []
     run = executor.run
@@ -327,15 +333,7 @@ def test_the_report_tail_is_handed_to_the_sender_without_an_outbox_read(
     """Issue #10 item 5: the finish transaction finds the outbox holding only the job's tail and hands it to
     the sender in memory: between that transaction and the delivery of `finished` the sender's thread sends no
     LRANGE (it did one, a round trip, after being woken)."""
-    sends: list[tuple[int, bytes]] = []
-    original = redis.connection.Connection.send_packed_command
-
-    def recording(self: Any, command: Any, *args: Any, **kwargs: Any) -> Any:
-        data = command if isinstance(command, bytes) else b"".join(bytes(c) for c in command)
-        sends.append((threading.get_ident(), data))
-        return original(self, command, *args, **kwargs)
-
-    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", recording)
+    sends = record_redis_sends(monkeypatch)
     executor = Recording(tmp_path / "builds")
     worker, thread = run_worker(executor)
     wait_for(lambda: worker.state == "idle" and executor.prepares == 1, 10, "the start-up reset")
@@ -366,15 +364,7 @@ def test_after_a_build_the_worker_writes_its_state_once_before_taking_the_next_j
     """Issue #10 item 5: the reset after a build wrote the state document (`working`, with the image), then
     the main loop wrote `idle`: two round trips between a job's finish and the next BLMOVE. The reset now
     writes `idle` itself."""
-    sends: list[tuple[int, bytes]] = []
-    original = redis.connection.Connection.send_packed_command
-
-    def recording(self: Any, command: Any, *args: Any, **kwargs: Any) -> Any:
-        data = command if isinstance(command, bytes) else b"".join(bytes(c) for c in command)
-        sends.append((threading.get_ident(), data))
-        return original(self, command, *args, **kwargs)
-
-    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", recording)
+    sends = record_redis_sends(monkeypatch)
     executor = Recording(tmp_path / "builds")
     worker, thread = run_worker(executor)
     wait_for(lambda: worker.state == "idle" and executor.prepares == 1, 10, "the start-up reset")

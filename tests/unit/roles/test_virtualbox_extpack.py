@@ -85,27 +85,23 @@ def test_a_70_pack_on_70_is_left_alone(tmp_path: Path, monkeypatch: pytest.Monke
     assert argvs == [["list", "extpacks"]]
 
 
-def test_a_pack_of_an_older_patch_release_is_replaced(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("recording", "old_name"),
+    [
+        # listed usable (same branch), but not the pin's version (before: left in place, its name matched)
+        ("list_extpacks_71_with_7110_pack", NAME_71),
+        # after 7.0 -> 7.1 the old pack keeps its 7.0 name: install --replace would leave it listed, unusable
+        ("list_extpacks_71_with_70_pack", NAME_70),
+    ],
+)
+def test_a_pack_of_another_version_is_removed_and_the_pin_installed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recording: str, old_name: str
 ) -> None:
-    # listed usable (same branch), but not the pin's version (before: left in place, since its name matched)
-    rc, out, argvs = run_extpack(
-        tmp_path, monkeypatch, "list_extpacks_71_with_7110_pack", {"virtualbox_version": "7.1.12"}
-    )
+    rc, out, argvs = run_extpack(tmp_path, monkeypatch, recording, {"virtualbox_version": "7.1.12"})
     assert rc == 0, out
-    assert argvs == [["list", "extpacks"], ["extpack", "uninstall", NAME_71], INSTALL]
-
-
-def test_an_unusable_pack_of_the_old_branch_is_removed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # after 7.0 -> 7.1 the old pack keeps its 7.0 name, so install --replace would leave it listed, unusable
-    rc, out, argvs = run_extpack(
-        tmp_path, monkeypatch, "list_extpacks_71_with_70_pack", {"virtualbox_version": "7.1.12"}
-    )
-    assert rc == 0, out
-    assert argvs == [["list", "extpacks"], ["extpack", "uninstall", NAME_70], INSTALL]
-    assert "Oracle VM VirtualBox Extension Pack 7.0.20 (unusable: VBoxExtPackRegister returned" in out
+    assert argvs == [["list", "extpacks"], ["extpack", "uninstall", old_name], INSTALL]
+    if old_name == NAME_70:
+        assert "Oracle VM VirtualBox Extension Pack 7.0.20 (unusable: VBoxExtPackRegister returned" in out
 
 
 def test_missing_source_stops_with_the_download_address(
