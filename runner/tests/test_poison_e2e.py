@@ -191,8 +191,13 @@ def test_kill9_leaves_no_build_directory_after_the_next_start(
         str(next_worker.proc.pid)
     ]
     # the job's directory is removed in the background after the build (docs/runner.md): it may outlive the
-    # `finished` report by the time a removal takes on a busy disk (~40 ms here)
-    wait_for(lambda: not list(root.glob("*/travis-worker-job-*")), 10, "the job's directory removed")
+    # `finished` report by the time a removal takes on a busy disk (~40 ms here); what stays is the next
+    # build's directory, made ahead by the reset after the build, still empty
+    wait_for(
+        lambda: [list(d.iterdir()) for d in root.glob("*/travis-worker-job-*")] == [[]],
+        10,
+        "the job's directory removed (the next build's, empty, made ahead)",
+    )
 
 
 def test_a_dead_heartbeat_thread_stops_the_worker_and_requeues_its_job(

@@ -167,13 +167,16 @@ def stream_process(
     cancel: threading.Event,
     limits: Limits,
     stop: Optional[Callable[[], None]] = None,
+    started: Optional[float] = None,
 ) -> BuildResult:
     """Pump the PTY of ``proc`` to ``on_output`` until it ends, a limit is hit or ``cancel`` is set.
 
     ``stop`` is called (after the local process group is killed) to stop work elsewhere, e.g. the
-    remote process group behind an SSH client. ``master`` is closed on return.
+    remote process group behind an SSH client. ``master`` is closed on return. ``started``: the
+    ``time.monotonic()`` at which the build began to run (default: now), from which the hard limit and the
+    result's duration count.
     """
-    started = last_output = time.monotonic()
+    started = last_output = time.monotonic() if started is None else started
     written = 0
     exited_at: Optional[float] = None
     stopped: Optional[BuildResult] = None
