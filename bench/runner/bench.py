@@ -10,9 +10,10 @@ real HTTP stand-in of the CI app, in this process; each job is ``script: true`` 
 directory, the same clone and checkout, ``bash -c true``, directory removed). Latency: an idle worker, enqueue
 one job, wait until it is finished (ours: the ``finished`` report arrived at the app; rq: the job's last
 statement pushed the completion time). Throughput: N jobs pre-filled, time between the first and the last
-completion. Our own cost per job: latency minus the build script's run time (process start to exit: clone,
-checkout, script), which the worker measures and exposes in ``travis_worker_build_duration_seconds``; the
-bench scrapes the worker's metrics port before and after each job.
+completion. Our own cost per job: latency minus the build script's run time (from the moment the script is
+handed to its process to that process's exit: clone, checkout, script), which the worker measures and exposes
+in ``travis_worker_build_duration_seconds``; the bench scrapes the worker's metrics port before and after each
+job.
 
 Both sides run as real worker processes. A "no-op job" is, for travis-worker, a job whose `class` equals the
 configured `noop_class`: it goes through the full queue path (BLMOVE into the per-worker processing list,

@@ -217,7 +217,7 @@ def record_redis_sends(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bytes
     return sends
 
 
-def test_a_clean_sandbox_job_costs_one_redis_round_trip_between_pickup_and_build(
+def test_a_clean_sandbox_job_costs_no_redis_round_trip_between_pickup_and_build(
     client: redis.Redis,
     run_worker: Callable,
     tmp_path: Path,
@@ -226,7 +226,9 @@ def test_a_clean_sandbox_job_costs_one_redis_round_trip_between_pickup_and_build
 ) -> None:
     """Issue #10 round 2: with the sandbox reset before pickup, marking the job, numbering the attempt, the
     state `working` and the `received`/`started` reports are one Lua script: one round trip of the worker's
-    thread between the BLMOVE that took the job and the build's start (it was 4: MULTI, state, 2 RPUSH)."""
+    thread between the BLMOVE that took the job and the build's start (it was 4: MULTI, state, 2 RPUSH).
+    Round 5: none; that script runs once the build has its script (the executor's on_start), before any of
+    its output reaches the log."""
     sends = record_redis_sends(monkeypatch)
     executor = Recording(tmp_path / "builds")
     sent_at_run: list[int] = []
@@ -239,15 +241,53 @@ def test_a_clean_sandbox_job_costs_one_redis_round_trip_between_pickup_and_build
     executor.run = counting_run  # type: ignore[method-assign]
     worker, thread = run_worker(executor)
     wait_for(lambda: worker.state == "idle" and executor.prepares == 1, 10, "the start-up reset")
-    push(client, job_json(1, repo, "true"))
+    push(client, job_json(1, repo, "echo hello"))
     wait_for(lambda: 1 in finished(client), 30, "the build")
     mine = [data for ident, data in sends[: sent_at_run[0]] if ident == thread.ident]
     taken = max(i for i, data in enumerate(mine) if b"BLMOVE" in data)
-    between = mine[taken + 1 :]
-    assert len(between) == 1, between
+    assert mine[taken + 1 :] == []
+    after = [data for ident, data in sends[sent_at_run[0] :] if ident == thread.ident]
+    assert b"EVAL" in after[0] and b'"state": "received"' in after[0], after[:2]
     wait_for(lambda: any(r.get("state") == "finished" for r in reports(client)), 10, "finished delivered")
     states = [(r["state"], r["attempt"], r["worker"]) for r in reports(client) if "state" in r]
     assert states == [(s, 1, worker.id) for s in ("received", "started", "finished")]
+    parts = [r for r in reports(client) if "log" in r]
+    assert parts and all(r["attempt"] == 1 for r in parts), parts
+    assert "hello" in "".join(r["log"] for r in parts)
+
+
+@pytest.mark.parametrize("fails_before_on_start", [True, False], ids=["raises", "writes-then-starts"])
+def test_the_job_is_marked_before_its_first_output_whatever_the_executor_does(
+    client: redis.Redis,
+    run_worker: Callable,
+    tmp_path: Path,
+    repo: tuple[str, str],
+    fails_before_on_start: bool,
+) -> None:
+    """The start script runs in the executor's on_start; an executor that raises before it, or writes output
+    before it, still gets `received`, `started` and its log parts with the attempt number, in that order."""
+    executor = Recording(tmp_path / "builds")
+    run = executor.inner.run
+
+    def early(script: str, on_output: Any, cancel: Any, limits: Any, on_start: Any = None) -> Any:
+        if fails_before_on_start:
+            raise OSError("injected: the executor failed before the build started")
+        on_output(b"a note before the build\r\n")
+        return run(script, on_output, cancel, limits, on_start=on_start)
+
+    executor.inner.run = early  # type: ignore[method-assign]
+    worker, _ = run_worker(executor)
+    wait_for(lambda: worker.state == "idle" and executor.prepares == 1, 10, "the start-up reset")
+    push(client, job_json(1, repo, "true"))
+    wait_for(lambda: 1 in finished(client), 30, "the build")
+    wait_for(lambda: any(r.get("final") for r in reports(client)), 10, "the final part delivered")
+    entries = reports(client)
+    kinds = [r.get("state") or "log" for r in entries]
+    assert kinds[:2] == ["received", "started"] and kinds[-1] == "finished", kinds
+    assert all(r["attempt"] == 1 for r in entries), entries
+    text = "".join(r.get("log", "") for r in entries)
+    assert ("injected" in text) if fails_before_on_start else ("a note before the build" in text), text
+    assert results(client) == {1: "errored" if fails_before_on_start else "passed"}
 
 
 def test_log_parts_of_every_job_go_through_one_long_lived_thread(
@@ -354,7 +394,7 @@ def test_the_report_tail_is_handed_to_the_sender_without_an_outbox_read(
         assert not [data for data in sender[:delivered] if b"LRANGE" in data], sender[: delivered + 1]
 
 
-def test_after_a_build_the_worker_writes_its_state_once_before_taking_the_next_job(
+def test_after_a_build_the_worker_writes_idle_with_the_next_blmove_in_one_round_trip(
     client: redis.Redis,
     run_worker: Callable,
     tmp_path: Path,
@@ -362,8 +402,8 @@ def test_after_a_build_the_worker_writes_its_state_once_before_taking_the_next_j
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Issue #10 item 5: the reset after a build wrote the state document (`working`, with the image), then
-    the main loop wrote `idle`: two round trips between a job's finish and the next BLMOVE. The reset now
-    writes `idle` itself."""
+    the main loop wrote `idle`: two round trips between a job's finish and the next BLMOVE. Round 4: one
+    (the reset wrote `idle`). Round 5: none; `idle` goes out in the BLMOVE's own send (a pipeline)."""
     sends = record_redis_sends(monkeypatch)
     executor = Recording(tmp_path / "builds")
     worker, thread = run_worker(executor)
@@ -382,9 +422,9 @@ def test_after_a_build_the_worker_writes_its_state_once_before_taking_the_next_j
     )
     mine = [data for ident, data in list(sends) if ident == thread.ident]
     finish = max(i for i, data in enumerate(mine) if b'"state": "finished"' in data)
-    after = mine[finish + 1 : next(i for i in range(finish, len(mine)) if b"BLMOVE" in mine[i])]
-    state_writes = [data for data in after if b"worker_state" in data]
-    assert len(state_writes) == 1, after
-    assert b'"state": "idle"' in state_writes[0]
+    take = next(i for i in range(finish, len(mine)) if b"BLMOVE" in mine[i])
+    assert mine[finish + 1 : take] == [], "a round trip between the finish transaction and the next take"
+    assert b"worker_state" in mine[take] and b'"state": "idle"' in mine[take], mine[take]
+    assert mine[take].index(b"worker_state") < mine[take].index(b"BLMOVE")
     doc = json.loads(client.hget(Keys("resque").worker_state, worker.id))
     assert doc["state"] == "idle"

@@ -8,6 +8,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -107,13 +108,19 @@ class Worker:
         # the sandbox is reset after each build and at start-up: True while it is clean and nothing ran in it
         self.clean = False
         self._switch_checked = 0.0
+        self._state_unwritten = False  # set_state(with_take=True): written with the next BLMOVE
 
     # -- state in Redis ------------------------------------------------------------------------------
-    def set_state(self, state: str) -> None:
+    def set_state(self, state: str, *, with_take: bool = False) -> None:
+        """`with_take`: the state document goes to Redis with the next BLMOVE (one round trip for both:
+        after a build, `idle` and the take of the next job)."""
         with self._state_lock:  # never interleave with the heartbeat's write of the previous state
             if state != self.state:
                 self.state, self.state_since = state, now_iso()
             self.metrics.set_state(state)
+            self._state_unwritten = with_take
+            if with_take:
+                return
             try:
                 self._write_state()
             except redis.RedisError as exc:
@@ -388,9 +395,9 @@ class Worker:
 
     def reset_sandbox(self, why: str, state: str | None = None) -> bool:
         """Reset the VM now (after a build, at start-up, onto a new image); a failure makes the worker
-        errored and retries until a reset works (no job is taken meanwhile). `state`: the state written
-        with the reset's state document (after a build: `idle`, one write instead of `working` then
-        `idle`)."""
+        errored and retries until a reset works (no job is taken meanwhile). `state`: the state of the
+        reset's state document (after a build: `idle`, one write instead of `working` then `idle`), written
+        with the next BLMOVE."""
         log.debug("resetting the sandbox: %s", why)
         try:
             with self.metrics.sandbox_reset():
@@ -404,7 +411,10 @@ class Worker:
             self._recover_sandbox()
             return self.clean
         self.clean = True
-        self.set_state(state or self.state)  # writes the state document with the image the VM runs now
+        if state is not None:  # the state document, with the image the VM runs now
+            self.set_state(state, with_take=True)
+        else:
+            self.set_state(self.state)
         return True
 
     def _switch_if_due(self) -> None:
@@ -424,10 +434,22 @@ class Worker:
             raw = self.r.lindex(self.keys.processing(self.id), 0)
             self._check_held = False
         if raw is None:
-            raw = self.r.blmove(
-                self.keys.queue(self.cfg["queue"]), self.keys.processing(self.id), TAKE_TIMEOUT
-            )
+            raw = self._blmove()
         return None if raw is None else self.queue.envelope(raw)
+
+    def _blmove(self) -> str | None:
+        source, target = self.keys.queue(self.cfg["queue"]), self.keys.processing(self.id)
+        if not self._state_unwritten:
+            return self.r.blmove(source, target, TAKE_TIMEOUT)
+        with self._state_lock:
+            writes = self._state_writes()
+        pipe = self.r.pipeline(transaction=False)  # one round trip: the state, then the wait for a job
+        for key, field, value in writes:
+            pipe.hset(key, field, value)
+        pipe.blmove(source, target, TAKE_TIMEOUT)
+        raw = pipe.execute()[-1]
+        self._state_unwritten = False
+        return raw
 
     def handle(self, envelope: Envelope) -> None:
         self.metrics.taken.inc()
@@ -468,7 +490,7 @@ class Worker:
         woken = False  # the sender was woken by the finish transaction (queue_tail)
         try:
             attempt = 0
-
+            begun = False
             clean = self.clean
 
             def begin() -> None:
@@ -485,10 +507,23 @@ class Worker:
                 reports = [state_template(job.id, s, self.id) for s in ("received", "started")]
                 attempt = self.queue.start(envelope, now_iso(), job.id, hash_writes=writes, reports=reports)
 
-            push_with_retry(begin, "marking the job as running")
-            if clean:
+            def begin_once() -> None:
+                """Clean sandbox: the job is marked once its build has its script (the executor's
+                on_start), off the path from pickup to the build's start; at the latest before the build's
+                first output reaches the log stream, which needs the attempt number."""
+                nonlocal begun
+                if begun:
+                    return
+                push_with_retry(begin, "marking the job as running")
+                stream.attempt = attempt
                 self.metrics.set_state("working")
-            else:  # never expected (the loop resets first); the invariant must hold anyway: the old order
+                begun = True
+
+            if (
+                not clean
+            ):  # never expected (the loop resets first); the invariant must hold anyway: the old order
+                push_with_retry(begin, "marking the job as running")
+                begun = True
                 self.set_state("working")
                 received = state_entry(job.id, "received", self.id, attempt)
                 push_with_retry(lambda: self.r.rpush(outbox, received), "queueing the received report")
@@ -510,11 +545,17 @@ class Worker:
                 self.id,
                 job.id,
                 self.sender.notify,
-                attempt=attempt,
+                attempt=attempt,  # 0 until begin_once() numbered it (clean sandbox)
                 secrets=secure_values(job, self.cfg["git.base_url"]),
                 flusher=self.log_flusher,
             )
-            result = self._execute(job, stream, taken_at)
+
+            def on_start() -> None:
+                begin_once()
+                self.sender.notify()
+
+            result = self._execute(job, stream, taken_at, on_start, begin_once)
+            begin_once()  # an executor that failed before its on_start
             last_parts = stream.close()  # the last log parts and the final part, queued by _finish
             if self.abort_reason is not None:
                 log.warning("job %s stopped and requeued: %s", job.id, self.abort_reason)
@@ -548,7 +589,16 @@ class Worker:
             self.sender.wait_idle(TAIL_WAIT)  # the report tail first: the reset would compete with it
             self.reset_sandbox(f"after job {job.id}", state="idle")
 
-    def _execute(self, job: Job, stream: LogStream, taken_at: float) -> Any:
+    def _execute(
+        self,
+        job: Job,
+        stream: LogStream,
+        taken_at: float,
+        on_start: Callable[[], None],
+        before_output: Callable[[], None],
+    ) -> Any:
+        """Run the job's build; `on_start` goes to the executor, `before_output` runs before anything reaches
+        the log stream."""
         from travis_worker.executor import BuildResult
 
         limits = Limits(
@@ -566,6 +616,7 @@ class Worker:
                 nonlocal first
                 if first:  # the build's first output: pickup -> start, for the benchmark (docs/runner.md)
                     first = False
+                    before_output()
                     log.info(
                         "job %s: first build output %.2f s after it was taken",
                         job.id,
@@ -573,9 +624,10 @@ class Worker:
                     )
                 stream.write(data)
 
-            return self.executor.run(script, write, self.cancel, limits, on_start=self.sender.notify)
+            return self.executor.run(script, write, self.cancel, limits, on_start=on_start)
         except Exception as exc:  # the worker must survive whatever a build does
             log.exception("job %s: the executor failed", job.id)
+            before_output()
             stream.write(f"\r\nThe worker could not run this job: {exc}\r\n".encode())
             return BuildResult("errored", f"worker error: {exc.__class__.__name__}: {exc}", None)
 
