@@ -102,11 +102,17 @@ Batch = list[tuple[str, dict[str, Any]]]  # outbox entries from the head, in ord
 
 class Transport(Protocol):
     def send(
-        self, client: redis.Redis, outbox: str, batch: Batch, guard: AbstractContextManager[Any] | None = None
+        self,
+        client: redis.Redis,
+        outbox: str,
+        batch: Batch,
+        guard: AbstractContextManager[Any] | None = None,
+        delivered: Callable[[], None] | None = None,
     ) -> list[str] | None:
         """Deliver the entries of `batch` in order and pop exactly those delivered (compare-and-pop); raise on
         a failure (after popping the ones delivered before it). Returns the outbox head after the pop when the
-        pop read it (None: unknown). `guard` is held around the pop (the sender's `reads` lock)."""
+        pop read it (None: unknown). `guard` is held around the pop (the sender's `reads` lock); `delivered`
+        is called once every entry was delivered, before the pop."""
 
 
 class HttpTransport:
@@ -137,21 +143,28 @@ class HttpTransport:
             self.session.auth = (username, token)
 
     def send(
-        self, client: redis.Redis, outbox: str, batch: Batch, guard: AbstractContextManager[Any] | None = None
+        self,
+        client: redis.Redis,
+        outbox: str,
+        batch: Batch,
+        guard: AbstractContextManager[Any] | None = None,
+        delivered: Callable[[], None] | None = None,
     ) -> list[str] | None:
-        delivered: list[str] = []
+        done: list[str] = []
         head = None
         try:
             for raw, entry in batch:
                 self.deliver(entry)
-                delivered.append(raw)
+                done.append(raw)
+            if delivered is not None:
+                delivered()
         finally:
             # at-least-once: a crash before this pop re-sends these reports after a restart
-            if delivered:
+            if done:
                 if self._pop is None:
                     self._pop = client.register_script(POP_DELIVERED_LUA)
                 with guard or contextlib.nullcontext():
-                    head = self._pop(keys=[outbox], args=delivered)
+                    head = self._pop(keys=[outbox], args=done)
                 if head is None:
                     log.info(
                         "outbox %s changed during delivery (taken over by a reaper); none popped", outbox
@@ -260,12 +273,19 @@ class RedisTransport:
         return json.dumps({"event": f"job:{entry['type']}", "job_id": entry["job_id"], **entry["body"]})
 
     def send(
-        self, client: redis.Redis, outbox: str, batch: Batch, guard: AbstractContextManager[Any] | None = None
+        self,
+        client: redis.Redis,
+        outbox: str,
+        batch: Batch,
+        guard: AbstractContextManager[Any] | None = None,
+        delivered: Callable[[], None] | None = None,
     ) -> list[str] | None:
         if self._deliver is None:
             self._deliver = client.register_script(DELIVER_REDIS_LUA)
         args = [value for raw, entry in batch for value in (raw, self.message(entry))]
-        self._deliver(keys=[outbox, self.keys.reporting], args=args)
+        self._deliver(keys=[outbox, self.keys.reporting], args=args)  # delivered and popped at once
+        if delivered is not None:
+            delivered()
         return None
 
 
@@ -317,20 +337,21 @@ class Sender(threading.Thread):
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
 
-    def _head(self, trust_empty: bool) -> list[str]:
+    def _head(self, trust_empty: bool) -> tuple[list[str], bool]:
+        """(the outbox head, whether it was handed over by queue_tail: then it was the whole outbox)."""
         with self.reads:
             handed, self._handed = self._handed, None
             known, self._known = self._known, None
             if handed is not None:
-                return handed
+                return handed, True
             if known or (known is not None and trust_empty):
-                return known
-            return self.r.lrange(self.outbox, 0, SEND_BATCH - 1)
+                return known, False
+            return self.r.lrange(self.outbox, 0, SEND_BATCH - 1), False
 
     def _send_batch(self, trust_empty: bool = False) -> bool:
         """Deliver what is at the outbox head (up to SEND_BATCH entries, up to the first unreadable one, which
         is dropped when it is the head). False when the outbox was empty."""
-        raws = self._head(trust_empty)
+        raws, handed = self._head(trust_empty)
         if not raws:
             return False
         batch: Batch = []
@@ -345,8 +366,16 @@ class Sender(threading.Thread):
             pipe.lrem(self.outbox, 1, raws[0])
             pipe.execute()
             return True
-        self._known = self.transport.send(self.r, self.outbox, batch, guard=self.reads)
+        self._known = self.transport.send(
+            self.r, self.outbox, batch, guard=self.reads, delivered=self._tail_delivered if handed else None
+        )
         return True
+
+    def _tail_delivered(self) -> None:
+        """A handed-over tail (the whole outbox) is delivered: idle for wait_idle() unless something was
+        queued since; the worker's reset need not wait for the compare-and-pop's round trip."""
+        if not self.wake.is_set():
+            self.idle.set()
 
     def queue_tail(self, entries: list[str], push: Callable[[], int | None]) -> int | None:
         """Run `push`, a Redis write that appends `entries` to the outbox (a job's finish transaction) and
@@ -368,7 +397,8 @@ class Sender(threading.Thread):
     def wait_idle(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s until everything queued so far was delivered (True), without a Redis
         round trip: the worker lets the sender deliver a job's report tail before it starts the sandbox reset,
-        which would compete with it for the CPUs and the GIL."""
+        which would compete with it for the CPUs and the GIL. A handed-over tail counts as delivered when the
+        app answered its last report, before the compare-and-pop that removes it from the outbox."""
         return self.idle.wait(timeout)
 
     def drain(self, timeout: float) -> bool:
