@@ -50,7 +50,7 @@ class BuildResult:
     state: str  # passed|failed|errored|cancelled
     reason: Optional[str]
     exit_code: Optional[int]
-    # seconds the build script ran (process start to exit), if it ran; a measurement, not part of the result
+    # seconds the build script ran (hand-over to exit), if it ran; a measurement, not part of the result
     duration: Optional[float] = dataclasses.field(default=None, compare=False)
 
 

@@ -79,7 +79,7 @@ class Metrics:
             self.failed.labels(exception)
         self.build_duration = Histogram(
             "travis_worker_build_duration_seconds",
-            "Run time of the build script (process start to exit: clone, checkout, the job's phases)",
+            "Run time of the build script (hand-over to exit: clone, checkout, the job's phases)",
             buckets=BUILD_BUCKETS,
             registry=reg,
         )
