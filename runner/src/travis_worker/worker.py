@@ -441,11 +441,9 @@ class Worker:
         source, target = self.keys.queue(self.cfg["queue"]), self.keys.processing(self.id)
         if not self._state_unwritten:
             return self.r.blmove(source, target, TAKE_TIMEOUT)
-        with self._state_lock:
-            writes = self._state_writes()
         pipe = self.r.pipeline(transaction=False)  # one round trip: the state, then the wait for a job
-        for key, field, value in writes:
-            pipe.hset(key, field, value)
+        with self._state_lock:
+            self._write_state(pipe)
         pipe.blmove(source, target, TAKE_TIMEOUT)
         raw = pipe.execute()[-1]
         self._state_unwritten = False
@@ -519,9 +517,8 @@ class Worker:
                 self.metrics.set_state("working")
                 begun = True
 
-            if (
-                not clean
-            ):  # never expected (the loop resets first); the invariant must hold anyway: the old order
+            if not clean:
+                # never expected (the loop resets first); the invariant must hold anyway: the old order
                 push_with_retry(begin, "marking the job as running")
                 begun = True
                 self.set_state("working")
